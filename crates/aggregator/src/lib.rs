@@ -1,0 +1,268 @@
+//! hearth-aggregator: the native side of hearth. For now it trains the two-tower model on a
+//! dataset, evaluates it beside the most-popular baseline and reads/writes model directories.
+//! (Federated rounds, the privacy ledger and publishing come with later work.)
+//!
+//! ```no_run
+//! use hearth_aggregator::{load_dataset, train_model, Backend};
+//! use hearth_core::model::TrainConfig;
+//! let ds = load_dataset("../shared/data/movielens-100k".as_ref(), None)?;
+//! let out = train_model(&ds, None, &TrainConfig::default(), Backend::Cpu, &mut |_| {})?;
+//! hearth_aggregator::write_model_dir("models/ml100k".as_ref(), &out.bundle)?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use hearth_core::artifact::{DatasetInfo, ManifestMetrics};
+use hearth_core::bundle::{Catalog, ModelBundle};
+use hearth_core::data::{self, Dataset, MovieLensFiles, Split};
+use hearth_core::eval::{self, Metrics, MostPopular, Protocol};
+use hearth_core::model::{self, ARCHITECTURE, ScoreTable, TrainConfig, TrainProgress, TwoTower};
+use serde::Serialize;
+
+/// Cut-off used for every reported metric.
+pub const K: usize = 10;
+/// Negatives sampled per held-out item in the sampled protocol.
+pub const NEGATIVES: usize = 99;
+
+/// Which burn backend trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// burn-flex on the CPU (SIMD, multi-threaded).
+    Cpu,
+    /// burn-wgpu (Vulkan; Mesa lavapipe when there is no GPU). Needs the `wgpu` feature.
+    Wgpu,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Loads a dataset: a directory in the MovieLens 100K layout (`u.data`, optional `u.item`,
+/// `u.genre`, `u.user`), or a CSV file of interactions with an optional item CSV.
+pub fn load_dataset(path: &Path, items: Option<&Path>) -> Result<Dataset> {
+    if !path.exists() {
+        bail!("data not found: {} does not exist", path.display());
+    }
+    if path.is_dir() {
+        let opt = |name: &str| -> Result<Option<Vec<u8>>> {
+            let p = path.join(name);
+            if p.exists() { Ok(Some(read(&p)?)) } else { Ok(None) }
+        };
+        let data_path = path.join("u.data");
+        if !data_path.exists() {
+            bail!("{} is a directory without u.data (expected the MovieLens 100K layout, or give a CSV file)", path.display());
+        }
+        let data = read(&data_path)?;
+        let (item, genre, user) = (opt("u.item")?, opt("u.genre")?, opt("u.user")?);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+        Dataset::from_movielens(
+            &name,
+            MovieLensFiles { data: &data, item: item.as_deref(), genre: genre.as_deref(), user: user.as_deref() },
+        )
+        .with_context(|| format!("in {}", path.display()))
+    } else {
+        let bytes = read(path)?;
+        let item_bytes = items.map(read).transpose()?;
+        let items_name = items.map(|p| p.display().to_string());
+        let items_arg = match (&items_name, &item_bytes) {
+            (Some(n), Some(b)) => Some((n.as_str(), b.as_slice())),
+            _ => None,
+        };
+        Ok(Dataset::from_csv(&path.display().to_string(), &bytes, items_arg)?)
+    }
+}
+
+/// The evaluation protocol for a dataset: leave-one-out, or the pairs of an explicit test file.
+pub fn make_split(ds: &Dataset, test: Option<&Path>) -> Result<Split> {
+    Ok(match test {
+        Some(t) => {
+            let held = data::read_test_file(&t.display().to_string(), &read(t)?, ds)?;
+            data::split_with_test(ds, &held)?
+        }
+        None => data::leave_one_out(ds)?,
+    })
+}
+
+/// A model's and the baseline's metrics from one run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Report {
+    /// The model.
+    pub model: Metrics,
+    /// Most popular, computed in the same run on the same candidates.
+    pub most_popular: Metrics,
+    /// Users evaluated.
+    pub users: usize,
+}
+
+/// Evaluates a trained model and most-popular on `split`. Candidates come from `candidates` (a
+/// file) or are 99 negatives sampled with `seed`.
+pub fn evaluate_model<B: burn::prelude::Backend>(
+    model: &TwoTower<B>,
+    ds: &Dataset,
+    split: &Split,
+    candidates: Option<&Path>,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Report> {
+    let cands = match candidates {
+        Some(c) => data::read_candidates_file(&c.display().to_string(), &read(c)?, ds, &split.test)?,
+        None => data::sample_negatives(ds, split, NEGATIVES, seed),
+    };
+    let histories = split.histories(ds.users.len());
+    let table = ScoreTable::compute(model, &histories, device);
+    let protocol =
+        Protocol { n_items: ds.items.len(), train: &split.train, test: &split.test, candidates: &cands, k: K, seed };
+    let pop = MostPopular::fit(ds.items.len(), &split.train);
+    Ok(Report {
+        model: eval::evaluate(&table, &protocol),
+        most_popular: eval::evaluate(&pop, &protocol),
+        users: split.test.len(),
+    })
+}
+
+/// A trained model, ready to write.
+pub struct Trained {
+    /// The model directory contents.
+    pub bundle: ModelBundle,
+    /// Metrics measured right after training.
+    pub report: Report,
+    /// Seconds spent training (excluding evaluation).
+    pub train_seconds: f64,
+}
+
+/// Trains on the split's training part and evaluates on its held-out part (seeded).
+pub fn train_model(
+    ds: &Dataset,
+    test: Option<&Path>,
+    cfg: &TrainConfig,
+    backend: Backend,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<Trained> {
+    let split = make_split(ds, test)?;
+    let histories = split.histories(ds.users.len());
+    match backend {
+        Backend::Cpu => {
+            type B = burn::backend::Autodiff<burn::backend::Flex>;
+            let device = Default::default();
+            finish::<B>(ds, &split, &histories, cfg, test.is_some(), &device, progress)
+        }
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => {
+            type B = burn::backend::Autodiff<burn::backend::Wgpu>;
+            let device = Default::default();
+            finish::<B>(ds, &split, &histories, cfg, test.is_some(), &device, progress)
+        }
+        #[cfg(not(feature = "wgpu"))]
+        Backend::Wgpu => bail!("this build has no wgpu backend: rebuild hearth-aggregator with `--features wgpu`"),
+    }
+}
+
+fn finish<B: burn::tensor::backend::AutodiffBackend>(
+    ds: &Dataset,
+    split: &Split,
+    histories: &[Vec<u32>],
+    cfg: &TrainConfig,
+    explicit_test: bool,
+    device: &B::Device,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<Trained> {
+    let start = std::time::Instant::now();
+    let model = model::train_valid::<B>(ds, histories, cfg, device, progress)?;
+    let train_seconds = start.elapsed().as_secs_f64();
+    let report = evaluate_model(&model, ds, split, None, cfg.seed, device)?;
+    let dims = model.dims();
+    let bundle = ModelBundle::new(
+        ARCHITECTURE,
+        1,
+        hearth_core::artifact::ModelDims { item_tags: ds.item_tags.len(), user_tags: ds.user_tags.len(), ..dims },
+        DatasetInfo {
+            name: ds.name.clone(),
+            fingerprint: ds.fingerprint(),
+            users: ds.users.len(),
+            items: ds.items.len(),
+            interactions: ds.interactions.len(),
+            split: if explicit_test { "explicit-test-file".into() } else { "leave-one-out-latest".into() },
+        },
+        serde_json::to_value(cfg)?,
+        Some(ManifestMetrics {
+            model: report.model,
+            most_popular: report.most_popular,
+            users: report.users,
+            seed: cfg.seed,
+        }),
+        model.global.to_file(),
+        Some(model.personal.to_file()),
+        Catalog::of(ds),
+    );
+    Ok(Trained { bundle, report, train_seconds })
+}
+
+/// Writes a model directory. Each file goes to a temporary name, is synced, then renamed; the
+/// manifest comes last, so an interrupted write never leaves a manifest naming missing files.
+pub fn write_model_dir(dir: &Path, bundle: &ModelBundle) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, bytes) in bundle.to_files() {
+        let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
+        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join(name))?;
+    }
+    Ok(())
+}
+
+/// Reads and verifies a model directory.
+pub fn read_model_dir(dir: &Path) -> Result<ModelBundle> {
+    if !dir.is_dir() {
+        bail!("model directory {} does not exist", dir.display());
+    }
+    ModelBundle::from_files(ARCHITECTURE, &mut |name| fs::read(dir.join(name)).ok())
+        .with_context(|| format!("cannot load the model in {}", dir.display()))
+}
+
+/// Evaluates a model directory on data (which must be the data it was trained on).
+pub fn evaluate_dir(
+    dir: &Path,
+    ds: &Dataset,
+    test: Option<&Path>,
+    candidates: Option<&Path>,
+    seed: u64,
+) -> Result<Report> {
+    let bundle = read_model_dir(dir)?;
+    bundle.check_dataset(ds)?;
+    let device = Default::default();
+    let model = bundle.to_model::<burn::backend::Flex>(&device)?;
+    let split = make_split(ds, test)?;
+    evaluate_model(&model, ds, &split, candidates, seed, &device)
+}
+
+/// The JSON shape `eval --json` prints.
+pub fn report_json(r: &Report) -> serde_json::Value {
+    let side = |m: &Metrics| {
+        serde_json::json!({
+            "sampled": {"hr@10": m.sampled.hr, "ndcg@10": m.sampled.ndcg},
+            "full": {"hr@10": m.full.hr, "ndcg@10": m.full.ndcg},
+            "coverage@10": m.coverage,
+        })
+    };
+    serde_json::json!({"model": side(&r.model), "most_popular": side(&r.most_popular), "users": r.users})
+}
+
+/// A table for people.
+pub fn report_table(r: &Report) -> String {
+    let mut s = String::new();
+    s += &format!("{} users, K = {K}\n", r.users);
+    s += "                 sampled (1 + 99 negatives)   full ranking (all unseen)\n";
+    s += "recommender       HR@10     NDCG@10            HR@10     NDCG@10     coverage\n";
+    for (name, m) in [("two-tower", &r.model), ("most-popular", &r.most_popular)] {
+        s += &format!(
+            "{name:<14} {:>8.4}    {:>8.4}          {:>8.4}    {:>8.4}     {:>7.3}\n",
+            m.sampled.hr, m.sampled.ndcg, m.full.hr, m.full.ndcg, m.coverage
+        );
+    }
+    s
+}

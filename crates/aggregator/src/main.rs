@@ -1,0 +1,161 @@
+//! `hearth-aggregator`: train and evaluate hearth models from the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use hearth_aggregator::{Backend, evaluate_dir, load_dataset, report_json, report_table, train_model, write_model_dir};
+use hearth_core::model::TrainConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "hearth-aggregator", version, about = "hearth's aggregator: train, evaluate and publish models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the two-tower model and write a model directory (evaluated on a held-out split).
+    Train {
+        /// A MovieLens-100K-layout directory or a CSV file `user,item[,rating][,timestamp]`.
+        #[arg(long)]
+        data: PathBuf,
+        /// Optional item CSV `item,title[,tags]` (tags `|`-separated) for CSV data.
+        #[arg(long)]
+        items: Option<PathBuf>,
+        /// Output model directory, e.g. models/ml100k.
+        #[arg(long)]
+        out: PathBuf,
+        /// Hold out exactly these `user<TAB>item` pairs instead of leave-one-out.
+        #[arg(long)]
+        test: Option<PathBuf>,
+        /// Training backend.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        #[command(flatten)]
+        hyper: Hyper,
+    },
+    /// Evaluate a model directory beside most-popular, under both protocols.
+    Eval {
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// The data the model was trained on (directory or CSV).
+        #[arg(long)]
+        data: PathBuf,
+        /// Optional item CSV for CSV data.
+        #[arg(long)]
+        items: Option<PathBuf>,
+        /// Explicit held-out pairs, `user<TAB>item` per line.
+        #[arg(long)]
+        test: Option<PathBuf>,
+        /// Explicit candidates, `user<TAB>item1<TAB>item2…` per line (needs --test).
+        #[arg(long, requires = "test")]
+        candidates: Option<PathBuf>,
+        /// Seed for negative sampling and tie-breaking.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct Hyper {
+    /// Seed for initialisation, shuffling, sampling and evaluation.
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
+    seed: u64,
+    /// Epochs.
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    epochs: usize,
+    /// Embedding width.
+    #[arg(long, default_value_t = TrainConfig::default().dim)]
+    dim: usize,
+    /// Hidden width of the user tower.
+    #[arg(long, default_value_t = TrainConfig::default().hidden)]
+    hidden: usize,
+    /// History items the user tower reads.
+    #[arg(long, default_value_t = TrainConfig::default().history)]
+    history: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = TrainConfig::default().batch)]
+    batch: usize,
+    /// Sampled negatives per batch.
+    #[arg(long, default_value_t = TrainConfig::default().negatives)]
+    negatives: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    lr: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+    weight_decay: f64,
+}
+
+impl Hyper {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            dim: self.dim,
+            hidden: self.hidden,
+            history: self.history,
+            epochs: self.epochs,
+            batch: self.batch,
+            negatives: self.negatives,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+        }
+    }
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train { data, items, out, test, backend, hyper } => {
+            let ds = load_dataset(&data, items.as_deref())?;
+            eprintln!(
+                "{}: {} users, {} items, {} interactions",
+                ds.name,
+                ds.users.len(),
+                ds.items.len(),
+                ds.interactions.len()
+            );
+            let cfg = hyper.config();
+            let bar = ProgressBar::new(1);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(250));
+            let trained = train_model(&ds, test.as_deref(), &cfg, backend, &mut |p| {
+                bar.set_length(p.total_steps as u64);
+                bar.set_position(p.step as u64);
+                bar.set_prefix(format!("epoch {}/{}", p.epoch + 1, cfg.epochs));
+                bar.set_message(format!("loss {:.4}", p.loss));
+            })?;
+            bar.finish();
+            write_model_dir(&out, &trained.bundle)?;
+            eprintln!("trained in {:.1} s; wrote {}", trained.train_seconds, out.display());
+            print!("{}", report_table(&trained.report));
+        }
+        Command::Eval { model, data, items, test, candidates, seed, json } => {
+            let ds = load_dataset(&data, items.as_deref())?;
+            let report = evaluate_dir(&model, &ds, test.as_deref(), candidates.as_deref(), seed)?;
+            if json {
+                println!("{}", report_json(&report));
+            } else {
+                print!("{}", report_table(&report));
+            }
+        }
+    }
+    Ok(())
+}

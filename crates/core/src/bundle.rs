@@ -1,0 +1,346 @@
+//! A model directory as bytes: `manifest.json`, `global.bin`, `personal.bin` and `catalog.json`.
+//! Sans-IO: [`ModelBundle::to_files`] returns (name, bytes) pairs to write, and
+//! [`ModelBundle::from_files`] takes a lookup that returns a file's bytes. Loading verifies the
+//! format, version, architecture, checksums and every tensor's shape, and fails with a
+//! [`BundleError`] that says which.
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{
+    ArtifactError, DatasetInfo, ManifestMetrics, ModelDims, ModelManifest, MODEL_FORMAT_VERSION, TensorFile,
+};
+use crate::data::{self, Dataset, Item, User};
+
+/// The model architecture this build serves and loads.
+pub const SERVED_ARCHITECTURE: &str = "two-tower-v1";
+
+/// File names inside a model directory.
+pub const MANIFEST: &str = "manifest.json";
+/// Global parameters.
+pub const GLOBAL: &str = "global.bin";
+/// Personal parameters of the training users.
+pub const PERSONAL: &str = "personal.bin";
+/// Item and user vocabularies.
+pub const CATALOG: &str = "catalog.json";
+
+/// Why a model directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// A file is absent.
+    #[error("model file {0} is missing")]
+    MissingFile(String),
+    /// The manifest is not valid JSON of the expected shape.
+    #[error("manifest.json is not a hearth model manifest: {0}")]
+    BadManifest(String),
+    /// The directory was written by a newer layout or another tool.
+    #[error("model format {found:?} version {version} is not supported (expected {expected:?} version {MODEL_FORMAT_VERSION})")]
+    UnsupportedFormat {
+        /// Format found.
+        found: String,
+        /// Its version.
+        version: u32,
+        /// Format expected.
+        expected: &'static str,
+    },
+    /// The model is of another architecture than this build implements.
+    #[error("model architecture {found:?} is not {expected:?}: this build cannot load it")]
+    Architecture {
+        /// Architecture in the manifest.
+        found: String,
+        /// Architecture this code implements.
+        expected: &'static str,
+    },
+    /// A file's SHA-256 does not match the manifest.
+    #[error("{0} does not match its checksum in manifest.json (corrupt or replaced)")]
+    Checksum(String),
+    /// A parameter file is malformed or has the wrong shapes.
+    #[error("{file}: {source}")]
+    Tensor {
+        /// Which file.
+        file: String,
+        /// What is wrong.
+        source: ArtifactError,
+    },
+    /// The catalog does not match the manifest's dimensions.
+    #[error("catalog.json: {0}")]
+    Catalog(String),
+    /// The data given is not the data the model was trained on.
+    #[error(
+        "the data ({data_name}, fingerprint {data}) is not the dataset this model was trained on ({model_name}, fingerprint {model})"
+    )]
+    DatasetMismatch {
+        /// Dataset name in the manifest.
+        model_name: String,
+        /// Fingerprint in the manifest.
+        model: String,
+        /// Name of the data given.
+        data_name: String,
+        /// Fingerprint of the data given.
+        data: String,
+    },
+}
+
+/// Items, users and tag names, as the model indexes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Item tag names.
+    pub item_tags: Vec<String>,
+    /// User tag names.
+    pub user_tags: Vec<String>,
+    /// Items by model index.
+    pub items: Vec<Item>,
+    /// Users by personal-table row.
+    pub users: Vec<User>,
+}
+
+impl Catalog {
+    /// The catalog of a dataset.
+    pub fn of(ds: &Dataset) -> Catalog {
+        Catalog {
+            item_tags: ds.item_tags.clone(),
+            user_tags: ds.user_tags.clone(),
+            items: ds.items.clone(),
+            users: ds.users.clone(),
+        }
+    }
+}
+
+/// Everything in a model directory, decoded and verified.
+#[derive(Debug, Clone)]
+pub struct ModelBundle {
+    /// The manifest.
+    pub manifest: ModelManifest,
+    /// Global parameters.
+    pub global: TensorFile,
+    /// Personal parameters of the training users, if shipped.
+    pub personal: Option<TensorFile>,
+    /// Vocabularies.
+    pub catalog: Catalog,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    data::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+impl ModelBundle {
+    /// Assembles a bundle; checksums are filled in by [`ModelBundle::to_files`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        architecture: &str,
+        model_version: u32,
+        dims: ModelDims,
+        dataset: DatasetInfo,
+        hyper: serde_json::Value,
+        metrics: Option<ManifestMetrics>,
+        global: TensorFile,
+        personal: Option<TensorFile>,
+        catalog: Catalog,
+    ) -> ModelBundle {
+        ModelBundle {
+            manifest: ModelManifest {
+                format: "hearth-model".into(),
+                format_version: MODEL_FORMAT_VERSION,
+                model_version,
+                architecture: architecture.into(),
+                dims,
+                dataset,
+                hyper,
+                metrics,
+                files: Default::default(),
+            },
+            global,
+            personal,
+            catalog,
+        }
+    }
+
+    /// The files to write, manifest last (so a reader never sees a manifest without its files).
+    pub fn to_files(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut files: Vec<(&'static str, Vec<u8>)> = vec![(GLOBAL, self.global.encode())];
+        if let Some(p) = &self.personal {
+            files.push((PERSONAL, p.encode()));
+        }
+        let catalog = serde_json::to_vec(&self.catalog).unwrap_or_default();
+        files.push((CATALOG, catalog));
+        let mut manifest = self.manifest.clone();
+        manifest.files = files.iter().map(|(n, b)| (n.to_string(), sha256_hex(b))).collect();
+        let mut m = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        m.push(b'\n');
+        files.push((MANIFEST, m));
+        files
+    }
+
+    /// Reads and verifies a bundle. `read(name)` returns a file's bytes or `None` if absent.
+    pub fn from_files(
+        expected_architecture: &'static str,
+        read: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+    ) -> Result<ModelBundle, BundleError> {
+        let raw = read(MANIFEST).ok_or_else(|| BundleError::MissingFile(MANIFEST.into()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|e| BundleError::BadManifest(e.to_string()))?;
+        let format = value.get("format").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if format != "hearth-model" || version != MODEL_FORMAT_VERSION {
+            return Err(BundleError::UnsupportedFormat { found: format, version, expected: "hearth-model" });
+        }
+        let arch = value.get("architecture").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        if arch != expected_architecture {
+            return Err(BundleError::Architecture { found: arch, expected: expected_architecture });
+        }
+        let manifest: ModelManifest =
+            serde_json::from_value(value).map_err(|e| BundleError::BadManifest(e.to_string()))?;
+
+        let mut load = |name: &str| -> Result<Option<Vec<u8>>, BundleError> {
+            let Some(want) = manifest.files.get(name) else { return Ok(None) };
+            let bytes = read(name).ok_or_else(|| BundleError::MissingFile(name.into()))?;
+            if &sha256_hex(&bytes) != want {
+                return Err(BundleError::Checksum(name.into()));
+            }
+            Ok(Some(bytes))
+        };
+        let tensor = |name: &str, bytes: Vec<u8>| {
+            TensorFile::decode(&bytes).map_err(|source| BundleError::Tensor { file: name.into(), source })
+        };
+        let global = tensor(GLOBAL, load(GLOBAL)?.ok_or_else(|| BundleError::MissingFile(GLOBAL.into()))?)?;
+        let personal = load(PERSONAL)?.map(|b| tensor(PERSONAL, b)).transpose()?;
+        let catalog_bytes = load(CATALOG)?.ok_or_else(|| BundleError::MissingFile(CATALOG.into()))?;
+        let catalog: Catalog =
+            serde_json::from_slice(&catalog_bytes).map_err(|e| BundleError::Catalog(e.to_string()))?;
+
+        let d = &manifest.dims;
+        if catalog.items.len() != d.items || catalog.item_tags.len() != d.item_tags || catalog.user_tags.len() != d.user_tags {
+            return Err(BundleError::Catalog(format!(
+                "{} items / {} item tags / {} user tags, but the manifest says {} / {} / {}",
+                catalog.items.len(),
+                catalog.item_tags.len(),
+                catalog.user_tags.len(),
+                d.items,
+                d.item_tags,
+                d.user_tags
+            )));
+        }
+        if personal.is_some() && catalog.users.len() != d.users {
+            return Err(BundleError::Catalog(format!(
+                "{} users, but the manifest says {}",
+                catalog.users.len(),
+                d.users
+            )));
+        }
+        let bad_item_tag = catalog.items.iter().flat_map(|i| &i.tags).any(|&t| t as usize >= d.item_tags);
+        let bad_user_tag = catalog.users.iter().flat_map(|u| &u.tags).any(|&t| t as usize >= d.user_tags);
+        if bad_item_tag || bad_user_tag {
+            return Err(BundleError::Catalog("a tag index is out of range".into()));
+        }
+        Ok(ModelBundle { manifest, global, personal, catalog })
+    }
+
+    /// Fails unless `ds` is the dataset the model was trained on.
+    pub fn check_dataset(&self, ds: &Dataset) -> Result<(), BundleError> {
+        let fp = ds.fingerprint();
+        if fp != self.manifest.dataset.fingerprint {
+            return Err(BundleError::DatasetMismatch {
+                model_name: self.manifest.dataset.name.clone(),
+                model: self.manifest.dataset.fingerprint.clone(),
+                data_name: ds.name.clone(),
+                data: fp,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "model")]
+mod burn_glue {
+    use super::*;
+    use crate::model::{ARCHITECTURE, Features, GlobalParams, PersonalTable, TwoTower};
+    use burn::prelude::Backend;
+
+    impl ModelBundle {
+        /// Builds the burn model (on any backend) from a verified bundle. Without personal
+        /// parameters, every user's personal vector is zero.
+        pub fn to_model<B: Backend>(&self, device: &B::Device) -> Result<TwoTower<B>, BundleError> {
+            if self.manifest.architecture != ARCHITECTURE {
+                return Err(BundleError::Architecture { found: self.manifest.architecture.clone(), expected: ARCHITECTURE });
+            }
+            let d = &self.manifest.dims;
+            let global = GlobalParams::from_file(d, &self.global, device)
+                .map_err(|source| BundleError::Tensor { file: GLOBAL.into(), source })?;
+            let personal = match &self.personal {
+                Some(p) => PersonalTable::from_file(d.users, d.dim, p, device)
+                    .map_err(|source| BundleError::Tensor { file: PERSONAL.into(), source })?,
+                None => PersonalTable::zeros(self.catalog.users.len(), d.dim, device),
+            };
+            let items: Vec<&[u32]> = self.catalog.items.iter().map(|i| i.tags.as_slice()).collect();
+            let users: Vec<&[u32]> = self.catalog.users.iter().map(|u| u.tags.as_slice()).collect();
+            let features = Features::new(&items, d.item_tags, &users, d.user_tags, device);
+            Ok(TwoTower { global, personal, features })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn bundle() -> ModelBundle {
+        let mut g = TensorFile::default();
+        g.insert("x", vec![1], vec![1.0]);
+        let ds = Dataset::from_csv("t.csv", b"u,a\nu,b\n", None).unwrap();
+        let dims = ModelDims { items: 2, item_tags: 0, user_tags: 0, users: 1, dim: 1, hidden: 1, history: 1 };
+        let info = DatasetInfo {
+            name: "t".into(),
+            fingerprint: ds.fingerprint(),
+            users: 1,
+            items: 2,
+            interactions: 2,
+            split: "leave-one-out".into(),
+        };
+        ModelBundle::new("arch-a", 1, dims, info, serde_json::json!({}), None, g, None, Catalog::of(&ds))
+    }
+
+    fn files(b: &ModelBundle) -> BTreeMap<String, Vec<u8>> {
+        b.to_files().into_iter().map(|(n, b)| (n.to_string(), b)).collect()
+    }
+
+    fn load(f: &BTreeMap<String, Vec<u8>>, arch: &'static str) -> Result<ModelBundle, BundleError> {
+        ModelBundle::from_files(arch, &mut |n| f.get(n).cloned())
+    }
+
+    #[test]
+    fn roundtrip_and_refusals() {
+        let f = files(&bundle());
+        let b = load(&f, "arch-a").unwrap();
+        assert_eq!(b.global, bundle().global);
+
+        let e = load(&f, "arch-b").unwrap_err();
+        assert_eq!(e.to_string(), "model architecture \"arch-a\" is not \"arch-b\": this build cannot load it");
+
+        let mut g = f.clone();
+        g.get_mut(GLOBAL).unwrap()[10] ^= 1;
+        assert!(matches!(load(&g, "arch-a"), Err(BundleError::Checksum(n)) if n == GLOBAL));
+
+        let mut g = f.clone();
+        g.remove(CATALOG);
+        assert!(matches!(load(&g, "arch-a"), Err(BundleError::MissingFile(n)) if n == CATALOG));
+
+        let mut g = f.clone();
+        g.insert(MANIFEST.into(), b"{\"format\": \"something-else\"}".to_vec());
+        assert!(matches!(load(&g, "arch-a"), Err(BundleError::UnsupportedFormat { .. })));
+
+        let mut g = f.clone();
+        g.insert(MANIFEST.into(), b"not json".to_vec());
+        assert!(matches!(load(&g, "arch-a"), Err(BundleError::BadManifest(_))));
+    }
+
+    #[test]
+    fn dataset_mismatch_is_named() {
+        let b = bundle();
+        let other = Dataset::from_csv("o.csv", b"u,a\nu,c\n", None).unwrap();
+        let e = b.check_dataset(&other).unwrap_err();
+        assert!(e.to_string().starts_with("the data (o, fingerprint"), "{e}");
+        let same = Dataset::from_csv("t.csv", b"u,a\nu,b\n", None).unwrap();
+        b.check_dataset(&same).unwrap();
+    }
+}

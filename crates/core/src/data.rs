@@ -1,0 +1,1007 @@
+//! Interactions and catalogs: dataset readers (MovieLens 100K layout, generic CSV), the
+//! leave-one-out split and seeded negative sampling.
+//!
+//! Readers are sans-IO: they take the bytes of a file plus the name to report in errors. The
+//! aggregator (or the browser) does the reading. Every malformed line gives a [`DataError`] that
+//! names the file and the 1-based line.
+//!
+//! ```
+//! use hearth_core::data::{Dataset, leave_one_out};
+//! let csv = b"user,item,rating,timestamp\nann,a,5,10\nann,b,4,20\nbob,a,3,5\n";
+//! let ds = Dataset::from_csv("mine.csv", csv, None).unwrap();
+//! assert_eq!((ds.users.len(), ds.items.len()), (2, 2));
+//! let split = leave_one_out(&ds).unwrap();
+//! // ann's latest interaction (b at t=20) is held out; bob has one interaction and stays in training.
+//! assert_eq!(split.test.len(), 1);
+//! assert_eq!(ds.items[split.test[0].item as usize].id, "b");
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Why a dataset could not be read or split.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// A line could not be parsed.
+    #[error("{file}:{line}: {message}")]
+    Malformed {
+        /// File name as given by the caller.
+        file: String,
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong with the line.
+        message: String,
+    },
+    /// The file parsed but holds no interactions.
+    #[error("{file}: no interactions (the dataset is empty)")]
+    Empty {
+        /// File name as given by the caller.
+        file: String,
+    },
+    /// A metadata file refers to something the interactions do not know, or vice versa.
+    #[error("{file}: {message}")]
+    Inconsistent {
+        /// File name as given by the caller.
+        file: String,
+        /// What does not fit.
+        message: String,
+    },
+}
+
+fn malformed(file: &str, line: usize, message: impl Into<String>) -> DataError {
+    DataError::Malformed { file: file.to_owned(), line, message: message.into() }
+}
+
+/// One catalog item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// External id as it appears in the data.
+    pub id: String,
+    /// Human-readable title (the id when the data has none).
+    pub title: String,
+    /// Indices into [`Dataset::item_tags`] (genres, any multi-hot tags).
+    pub tags: Vec<u32>,
+}
+
+/// One user (the dataset's view of a person; on a device there is exactly one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    /// External id as it appears in the data.
+    pub id: String,
+    /// Indices into [`Dataset::user_tags`] (demographics when present: age band, gender, ...).
+    pub tags: Vec<u32>,
+}
+
+/// One interaction, by dense indices.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interaction {
+    /// Index into [`Dataset::users`].
+    pub user: u32,
+    /// Index into [`Dataset::items`].
+    pub item: u32,
+    /// Explicit rating, or 1.0 for implicit data.
+    pub rating: f32,
+    /// Seconds (or any monotone clock); the file position when the data has no timestamps.
+    pub timestamp: i64,
+}
+
+/// A set of interactions with its catalog. `interactions` keeps file order, which breaks
+/// timestamp ties everywhere.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dataset {
+    /// Short name (the directory or file stem).
+    pub name: String,
+    /// Users, indexed densely.
+    pub users: Vec<User>,
+    /// Items, indexed densely.
+    pub items: Vec<Item>,
+    /// Names of item tags (e.g. genres).
+    pub item_tags: Vec<String>,
+    /// Names of user tags (e.g. `age:25-34`, `gender:F`, `occupation:writer`).
+    pub user_tags: Vec<String>,
+    /// All interactions in file order.
+    pub interactions: Vec<Interaction>,
+}
+
+/// Interns string ids into dense indices.
+#[derive(Default)]
+struct Interner {
+    index: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Interner {
+    fn get_or_insert(&mut self, id: &str) -> u32 {
+        if let Some(&i) = self.index.get(id) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.index.insert(id.to_owned(), i);
+        self.names.push(id.to_owned());
+        i
+    }
+}
+
+/// Decodes a text file: UTF-8 when valid, otherwise Latin-1 (MovieLens' `u.item` is Latin-1).
+pub fn decode_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.strip_prefix('\u{feff}').unwrap_or(s).to_owned(),
+        Err(_) => bytes.iter().map(|&b| b as char).collect(),
+    }
+}
+
+/// Lines with their 1-based numbers, skipping blank lines.
+fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+        .filter(|(_, l)| !l.trim().is_empty())
+}
+
+fn parse_field<T: std::str::FromStr>(
+    file: &str,
+    line: usize,
+    what: &str,
+    raw: &str,
+) -> Result<T, DataError> {
+    raw.trim()
+        .parse()
+        .map_err(|_| malformed(file, line, format!("{what} {raw:?} is not a number")))
+}
+
+fn check_rating(file: &str, line: usize, rating: f32) -> Result<f32, DataError> {
+    if rating.is_finite() {
+        Ok(rating)
+    } else {
+        Err(malformed(file, line, format!("rating {rating} is not finite")))
+    }
+}
+
+/// The files of a MovieLens 100K directory, as bytes. `u.item` and `u.user` are optional.
+#[derive(Debug, Clone, Copy)]
+pub struct MovieLensFiles<'a> {
+    /// `u.data`: `user<TAB>item<TAB>rating<TAB>timestamp`.
+    pub data: &'a [u8],
+    /// `u.item`: `id|title|release|video release|url|19 genre flags`.
+    pub item: Option<&'a [u8]>,
+    /// `u.genre`: `name|index` (names the genre flags).
+    pub genre: Option<&'a [u8]>,
+    /// `u.user`: `id|age|gender|occupation|zip`.
+    pub user: Option<&'a [u8]>,
+}
+
+/// Age bands as MovieLens 1M defines them; used for the 100K ages too.
+fn age_band(age: u32) -> &'static str {
+    match age {
+        0..=17 => "under-18",
+        18..=24 => "18-24",
+        25..=34 => "25-34",
+        35..=44 => "35-44",
+        45..=49 => "45-49",
+        50..=55 => "50-55",
+        _ => "56+",
+    }
+}
+
+impl Dataset {
+    /// Reads the MovieLens 100K layout. Items listed in `u.item` but never rated are still part
+    /// of the catalog (they get an embedding from their genres).
+    pub fn from_movielens(name: &str, files: MovieLensFiles<'_>) -> Result<Dataset, DataError> {
+        let mut items = Interner::default();
+        let mut item_meta: Vec<Item> = Vec::new();
+        let mut item_tags: Vec<String> = Vec::new();
+
+        if let Some(genre) = files.genre {
+            let text = decode_text(genre);
+            let mut named: Vec<(usize, String)> = Vec::new();
+            for (line, l) in numbered_lines(&text) {
+                let (n, idx) = l
+                    .rsplit_once('|')
+                    .ok_or_else(|| malformed("u.genre", line, "expected `name|index`"))?;
+                let idx: usize = parse_field("u.genre", line, "genre index", idx)?;
+                named.push((idx, n.to_owned()));
+            }
+            named.sort();
+            for (expected, (idx, _)) in named.iter().enumerate() {
+                if *idx != expected {
+                    return Err(malformed("u.genre", 0, "genre indices must be 0..n without gaps"));
+                }
+            }
+            item_tags = named.into_iter().map(|(_, n)| n).collect();
+        }
+
+        if let Some(item) = files.item {
+            let text = decode_text(item);
+            for (line, l) in numbered_lines(&text) {
+                let fields: Vec<&str> = l.split('|').collect();
+                if fields.len() < 5 {
+                    return Err(malformed(
+                        "u.item",
+                        line,
+                        format!("expected at least 5 `|`-separated columns, found {}", fields.len()),
+                    ));
+                }
+                let flags = &fields[5..];
+                if item_tags.is_empty() {
+                    item_tags = (0..flags.len()).map(|i| format!("genre{i}")).collect();
+                }
+                if flags.len() != item_tags.len() {
+                    return Err(malformed(
+                        "u.item",
+                        line,
+                        format!("expected {} genre flags, found {}", item_tags.len(), flags.len()),
+                    ));
+                }
+                let mut tags = Vec::new();
+                for (g, f) in flags.iter().enumerate() {
+                    match f.trim() {
+                        "0" => {}
+                        "1" => tags.push(g as u32),
+                        other => {
+                            return Err(malformed(
+                                "u.item",
+                                line,
+                                format!("genre flag {other:?} is not 0 or 1"),
+                            ));
+                        }
+                    }
+                }
+                let id = fields[0].trim();
+                if id.is_empty() {
+                    return Err(malformed("u.item", line, "empty item id"));
+                }
+                let before = items.names.len();
+                let idx = items.get_or_insert(id);
+                if items.names.len() == before {
+                    return Err(malformed("u.item", line, format!("item {id} listed twice")));
+                }
+                debug_assert_eq!(idx as usize, item_meta.len());
+                item_meta.push(Item { id: id.to_owned(), title: fields[1].to_owned(), tags });
+            }
+        }
+        let items_listed = files.item.is_some();
+
+        let mut users = Interner::default();
+        let mut user_meta: Vec<User> = Vec::new();
+        let mut user_tags = Interner::default();
+        if let Some(user) = files.user {
+            let text = decode_text(user);
+            for (line, l) in numbered_lines(&text) {
+                let fields: Vec<&str> = l.split('|').collect();
+                if fields.len() != 5 {
+                    return Err(malformed(
+                        "u.user",
+                        line,
+                        format!("expected 5 `|`-separated columns, found {}", fields.len()),
+                    ));
+                }
+                let age: u32 = parse_field("u.user", line, "age", fields[1])?;
+                let id = fields[0].trim();
+                let before = users.names.len();
+                users.get_or_insert(id);
+                if users.names.len() == before {
+                    return Err(malformed("u.user", line, format!("user {id} listed twice")));
+                }
+                let tags = vec![
+                    user_tags.get_or_insert(&format!("age:{}", age_band(age))),
+                    user_tags.get_or_insert(&format!("gender:{}", fields[2].trim())),
+                    user_tags.get_or_insert(&format!("occupation:{}", fields[3].trim())),
+                ];
+                user_meta.push(User { id: id.to_owned(), tags });
+            }
+        }
+        let users_listed = files.user.is_some();
+
+        let text = decode_text(files.data);
+        let mut interactions = Vec::new();
+        for (line, l) in numbered_lines(&text) {
+            let fields: Vec<&str> = l.split('\t').collect();
+            if fields.len() != 4 {
+                return Err(malformed(
+                    "u.data",
+                    line,
+                    format!("expected 4 tab-separated columns, found {}", fields.len()),
+                ));
+            }
+            let (u, i) = (fields[0].trim(), fields[1].trim());
+            if u.is_empty() || i.is_empty() {
+                return Err(malformed("u.data", line, "empty user or item id"));
+            }
+            let rating = check_rating("u.data", line, parse_field("u.data", line, "rating", fields[2])?)?;
+            let timestamp: i64 = parse_field("u.data", line, "timestamp", fields[3])?;
+            let user = match users.index.get(u) {
+                Some(&x) => x,
+                None if users_listed => {
+                    return Err(malformed("u.data", line, format!("user {u} is not in u.user")));
+                }
+                None => {
+                    user_meta.push(User { id: u.to_owned(), tags: vec![] });
+                    users.get_or_insert(u)
+                }
+            };
+            let item = match items.index.get(i) {
+                Some(&x) => x,
+                None if items_listed => {
+                    return Err(malformed("u.data", line, format!("item {i} is not in u.item")));
+                }
+                None => {
+                    item_meta.push(Item { id: i.to_owned(), title: i.to_owned(), tags: vec![] });
+                    items.get_or_insert(i)
+                }
+            };
+            interactions.push(Interaction { user, item, rating, timestamp });
+        }
+        if interactions.is_empty() {
+            return Err(DataError::Empty { file: "u.data".into() });
+        }
+        Ok(Dataset {
+            name: name.to_owned(),
+            users: user_meta,
+            items: item_meta,
+            item_tags,
+            user_tags: user_tags.names,
+            interactions,
+        })
+    }
+
+    /// Reads generic CSV interactions: `user,item[,rating][,timestamp]`. A header row is
+    /// detected case-insensitively (`user`/`user_id`/`userid`, `item`/`item_id`/`itemid`/`movieid`,
+    /// `rating`, `timestamp`/`time`/`ts`) and may order the columns; without one the columns are
+    /// positional. Ids are strings. Missing ratings are 1.0 (implicit feedback); missing
+    /// timestamps are the row's position in the file.
+    ///
+    /// `items`, when given, is a second CSV `item,title[,tags]` with `|`-separated tags, which
+    /// gives titles and content features (items listed there but never seen are kept).
+    pub fn from_csv(
+        file: &str,
+        bytes: &[u8],
+        items: Option<(&str, &[u8])>,
+    ) -> Result<Dataset, DataError> {
+        let mut item_ids = Interner::default();
+        let mut item_meta: Vec<Item> = Vec::new();
+        let mut tag_names = Interner::default();
+        if let Some((items_file, items_bytes)) = items {
+            read_item_csv(items_file, items_bytes, &mut item_ids, &mut item_meta, &mut tag_names)?;
+        }
+        let items_listed = items.is_some();
+
+        let text = decode_text(bytes);
+        let mut rows = csv_records(file, &text);
+        let Some(first) = rows.next().transpose()? else {
+            return Err(DataError::Empty { file: file.to_owned() });
+        };
+        let (columns, first_data) = match CsvColumns::from_header(&first.1) {
+            Some(c) => (c, None),
+            None => (CsvColumns::positional(file, &first)?, Some(first)),
+        };
+
+        let mut users = Interner::default();
+        let mut user_meta: Vec<User> = Vec::new();
+        let mut interactions = Vec::new();
+        for row in first_data.into_iter().map(Ok).chain(rows) {
+            let (line, fields) = row?;
+            if fields.len() != columns.width {
+                return Err(malformed(
+                    file,
+                    line,
+                    format!("expected {} columns, found {}", columns.width, fields.len()),
+                ));
+            }
+            let u = fields[columns.user].trim();
+            let i = fields[columns.item].trim();
+            if u.is_empty() || i.is_empty() {
+                return Err(malformed(file, line, "empty user or item id"));
+            }
+            let rating = match columns.rating {
+                Some(c) => check_rating(file, line, parse_field(file, line, "rating", &fields[c])?)?,
+                None => 1.0,
+            };
+            let timestamp = match columns.timestamp {
+                Some(c) => parse_field(file, line, "timestamp", &fields[c])?,
+                None => interactions.len() as i64,
+            };
+            let before = users.names.len();
+            let user = users.get_or_insert(u);
+            if users.names.len() != before {
+                user_meta.push(User { id: u.to_owned(), tags: vec![] });
+            }
+            let item = match item_ids.index.get(i) {
+                Some(&x) => x,
+                None if items_listed => {
+                    return Err(malformed(file, line, format!("item {i:?} is not in the item file")));
+                }
+                None => {
+                    item_meta.push(Item { id: i.to_owned(), title: i.to_owned(), tags: vec![] });
+                    item_ids.get_or_insert(i)
+                }
+            };
+            interactions.push(Interaction { user, item, rating, timestamp });
+        }
+        if interactions.is_empty() {
+            return Err(DataError::Empty { file: file.to_owned() });
+        }
+        let name = file.rsplit('/').next().unwrap_or(file);
+        let name = name.strip_suffix(".csv").unwrap_or(name);
+        Ok(Dataset {
+            name: name.to_owned(),
+            users: user_meta,
+            items: item_meta,
+            item_tags: tag_names.names,
+            user_tags: vec![],
+            interactions,
+        })
+    }
+
+    /// A stable SHA-256 fingerprint of the interactions and catalog (ids, ratings, timestamps,
+    /// tags), in hex. Models record it so evaluation can tell when it is given other data.
+    pub fn fingerprint(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut put = |s: &[u8]| {
+            ctx.update(&(s.len() as u64).to_le_bytes());
+            ctx.update(s);
+        };
+        for it in &self.items {
+            put(it.id.as_bytes());
+            for t in &it.tags {
+                put(self.item_tags[*t as usize].as_bytes());
+            }
+        }
+        for u in &self.users {
+            put(u.id.as_bytes());
+            for t in &u.tags {
+                put(self.user_tags[*t as usize].as_bytes());
+            }
+        }
+        for x in &self.interactions {
+            put(&x.user.to_le_bytes());
+            put(&x.item.to_le_bytes());
+            put(&x.rating.to_le_bytes());
+            put(&x.timestamp.to_le_bytes());
+        }
+        hex(ctx.finish().as_ref())
+    }
+
+    /// Index of the item with external id `id`.
+    pub fn item_index(&self, id: &str) -> Option<u32> {
+        self.items.iter().position(|it| it.id == id).map(|i| i as u32)
+    }
+
+    /// A map from external user id to index.
+    pub fn user_index_map(&self) -> HashMap<&str, u32> {
+        self.users.iter().enumerate().map(|(i, u)| (u.id.as_str(), i as u32)).collect()
+    }
+
+    /// A map from external item id to index.
+    pub fn item_index_map(&self) -> HashMap<&str, u32> {
+        self.items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i as u32)).collect()
+    }
+
+    /// Number of interactions per item (a popularity count).
+    pub fn item_counts(&self, interactions: &[Interaction]) -> Vec<u32> {
+        let mut counts = vec![0u32; self.items.len()];
+        for x in interactions {
+            counts[x.item as usize] += 1;
+        }
+        counts
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn read_item_csv(
+    file: &str,
+    bytes: &[u8],
+    ids: &mut Interner,
+    meta: &mut Vec<Item>,
+    tags: &mut Interner,
+) -> Result<(), DataError> {
+    let text = decode_text(bytes);
+    let mut rows = csv_records(file, &text).peekable();
+    if let Some(Ok((_, first))) = rows.peek()
+        && first.first().is_some_and(|f| is_one_of(f, ITEM_NAMES))
+    {
+        rows.next();
+    }
+    for row in rows {
+        let (line, fields) = row?;
+        if !(2..=3).contains(&fields.len()) {
+            return Err(malformed(
+                file,
+                line,
+                format!("expected `item,title[,tags]`, found {} columns", fields.len()),
+            ));
+        }
+        let id = fields[0].trim();
+        if id.is_empty() {
+            return Err(malformed(file, line, "empty item id"));
+        }
+        let before = ids.names.len();
+        ids.get_or_insert(id);
+        if ids.names.len() == before {
+            return Err(malformed(file, line, format!("item {id:?} listed twice")));
+        }
+        let item_tags = match fields.get(2) {
+            Some(t) => t
+                .split('|')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| tags.get_or_insert(t))
+                .collect(),
+            None => vec![],
+        };
+        meta.push(Item { id: id.to_owned(), title: fields[1].clone(), tags: item_tags });
+    }
+    Ok(())
+}
+
+const USER_NAMES: &[&str] = &["user", "user_id", "userid", "uid"];
+const ITEM_NAMES: &[&str] = &["item", "item_id", "itemid", "movie", "movieid", "movie_id", "iid"];
+const RATING_NAMES: &[&str] = &["rating", "score", "value"];
+const TIME_NAMES: &[&str] = &["timestamp", "time", "ts"];
+
+fn is_one_of(field: &str, names: &[&str]) -> bool {
+    let f = field.trim();
+    names.iter().any(|n| f.eq_ignore_ascii_case(n))
+}
+
+/// Where each column of an interactions CSV is.
+struct CsvColumns {
+    width: usize,
+    user: usize,
+    item: usize,
+    rating: Option<usize>,
+    timestamp: Option<usize>,
+}
+
+impl CsvColumns {
+    fn from_header(fields: &[String]) -> Option<CsvColumns> {
+        let find = |names: &[&str]| fields.iter().position(|f| is_one_of(f, names));
+        let user = find(USER_NAMES)?;
+        let item = find(ITEM_NAMES)?;
+        Some(CsvColumns {
+            width: fields.len(),
+            user,
+            item,
+            rating: find(RATING_NAMES),
+            timestamp: find(TIME_NAMES),
+        })
+    }
+
+    fn positional(file: &str, (line, fields): &(usize, Vec<String>)) -> Result<CsvColumns, DataError> {
+        let width = fields.len();
+        if !(2..=4).contains(&width) {
+            return Err(malformed(
+                file,
+                *line,
+                format!("expected `user,item[,rating][,timestamp]` (2 to 4 columns), found {width}"),
+            ));
+        }
+        Ok(CsvColumns {
+            width,
+            user: 0,
+            item: 1,
+            rating: (width >= 3).then_some(2),
+            timestamp: (width == 4).then_some(3),
+        })
+    }
+}
+
+/// Splits CSV text into records with their 1-based starting line. Fields may be quoted with
+/// `"` (doubled inside to escape); a quoted field may span lines.
+fn csv_records<'a>(
+    file: &'a str,
+    text: &'a str,
+) -> impl Iterator<Item = Result<(usize, Vec<String>), DataError>> + 'a {
+    let mut chars = text.chars().peekable();
+    let mut line = 1usize;
+    std::iter::from_fn(move || {
+        loop {
+            chars.peek()?;
+            let start = line;
+            let mut fields = Vec::new();
+            let mut field = String::new();
+            let mut quoted = false;
+            let mut was_quoted = false;
+            let mut any = false;
+            loop {
+                let Some(c) = chars.next() else {
+                    if quoted {
+                        return Some(Err(malformed(file, start, "unterminated quoted field")));
+                    }
+                    break;
+                };
+                any = true;
+                if quoted {
+                    match c {
+                        '"' if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            field.push('"');
+                        }
+                        '"' => quoted = false,
+                        '\n' => {
+                            line += 1;
+                            field.push('\n');
+                        }
+                        _ => field.push(c),
+                    }
+                    continue;
+                }
+                match c {
+                    '"' if field.trim().is_empty() && !was_quoted => {
+                        field.clear();
+                        quoted = true;
+                        was_quoted = true;
+                    }
+                    ',' => {
+                        fields.push(std::mem::take(&mut field));
+                        was_quoted = false;
+                    }
+                    '\n' => {
+                        line += 1;
+                        break;
+                    }
+                    '\r' => {}
+                    _ => field.push(c),
+                }
+            }
+            fields.push(field);
+            let blank = fields.len() == 1 && fields[0].trim().is_empty();
+            if !any || blank {
+                if chars.peek().is_none() {
+                    return None;
+                }
+                continue;
+            }
+            return Some(Ok((start, fields)));
+        }
+    })
+}
+
+/// A held-out interaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heldout {
+    /// User index.
+    pub user: u32,
+    /// The held-out item.
+    pub item: u32,
+}
+
+/// Training interactions and held-out items.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// Training interactions, in file order.
+    pub train: Vec<Interaction>,
+    /// One held-out item per evaluated user, by user index.
+    pub test: Vec<Heldout>,
+}
+
+impl Split {
+    /// Each user's training items ordered by time (ties by file order): the history the user
+    /// tower reads.
+    pub fn histories(&self, n_users: usize) -> Vec<Vec<u32>> {
+        histories(&self.train, n_users)
+    }
+}
+
+/// Each user's items ordered by time, ties broken by file order.
+pub fn histories(interactions: &[Interaction], n_users: usize) -> Vec<Vec<u32>> {
+    let mut per_user: Vec<Vec<(i64, usize, u32)>> = vec![Vec::new(); n_users];
+    for (pos, x) in interactions.iter().enumerate() {
+        per_user[x.user as usize].push((x.timestamp, pos, x.item));
+    }
+    per_user
+        .into_iter()
+        .map(|mut v| {
+            v.sort_unstable();
+            v.into_iter().map(|(_, _, item)| item).collect()
+        })
+        .collect()
+}
+
+/// Leave-one-out: each user's latest interaction by timestamp (ties: the one later in the file)
+/// is held out. Users with a single interaction stay in training only.
+pub fn leave_one_out(ds: &Dataset) -> Result<Split, DataError> {
+    if ds.interactions.is_empty() {
+        return Err(DataError::Empty { file: ds.name.clone() });
+    }
+    let mut latest: Vec<Option<(i64, usize)>> = vec![None; ds.users.len()];
+    let mut counts = vec![0usize; ds.users.len()];
+    for (pos, x) in ds.interactions.iter().enumerate() {
+        let u = x.user as usize;
+        counts[u] += 1;
+        let key = (x.timestamp, pos);
+        if latest[u].is_none_or(|k| key > k) {
+            latest[u] = Some(key);
+        }
+    }
+    let mut held = vec![false; ds.interactions.len()];
+    let mut test = Vec::new();
+    for (u, l) in latest.iter().enumerate() {
+        if let Some((_, pos)) = l
+            && counts[u] >= 2
+        {
+            held[*pos] = true;
+            test.push(Heldout { user: u as u32, item: ds.interactions[*pos].item });
+        }
+    }
+    let train = ds
+        .interactions
+        .iter()
+        .zip(&held)
+        .filter(|(_, h)| !**h)
+        .map(|(x, _)| *x)
+        .collect();
+    Ok(Split { train, test })
+}
+
+/// Holds out exactly the given (user, item) pairs: the most recent matching interaction of each
+/// is removed from training. Used when an explicit test file fixes the protocol.
+pub fn split_with_test(ds: &Dataset, test: &[Heldout]) -> Result<Split, DataError> {
+    let mut want: HashMap<(u32, u32), usize> = HashMap::new();
+    for h in test {
+        *want.entry((h.user, h.item)).or_default() += 1;
+    }
+    let mut order: Vec<usize> = (0..ds.interactions.len()).collect();
+    order.sort_by_key(|&p| std::cmp::Reverse((ds.interactions[p].timestamp, p)));
+    let mut held = vec![false; ds.interactions.len()];
+    for p in order {
+        let x = ds.interactions[p];
+        if let Some(n) = want.get_mut(&(x.user, x.item))
+            && *n > 0
+        {
+            *n -= 1;
+            held[p] = true;
+        }
+    }
+    let train = ds
+        .interactions
+        .iter()
+        .zip(&held)
+        .filter(|(_, h)| !**h)
+        .map(|(x, _)| *x)
+        .collect();
+    Ok(Split { train, test: test.to_vec() })
+}
+
+/// Samples `n` negatives per held-out user, uniformly without replacement from the items the
+/// user never interacted with (training or test). Deterministic given `seed`; users are drawn in
+/// the order of `split.test`.
+pub fn sample_negatives(ds: &Dataset, split: &Split, n: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut seen: Vec<std::collections::HashSet<u32>> = vec![Default::default(); ds.users.len()];
+    for x in &ds.interactions {
+        seen[x.user as usize].insert(x.item);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n_items = ds.items.len() as u32;
+    split
+        .test
+        .iter()
+        .map(|h| {
+            let s = &seen[h.user as usize];
+            let available = n_items as usize - s.len().min(n_items as usize);
+            let want = n.min(available);
+            let mut out = Vec::with_capacity(want);
+            let mut taken = std::collections::HashSet::with_capacity(want);
+            while out.len() < want {
+                let j = rng.random_range(0..n_items);
+                if !s.contains(&j) && taken.insert(j) {
+                    out.push(j);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Reads a test file: `user<TAB>item` per line (external ids).
+pub fn read_test_file(file: &str, bytes: &[u8], ds: &Dataset) -> Result<Vec<Heldout>, DataError> {
+    let users = ds.user_index_map();
+    let items = ds.item_index_map();
+    let text = decode_text(bytes);
+    let mut out = Vec::new();
+    for (line, l) in numbered_lines(&text) {
+        let fields: Vec<&str> = l.split('\t').collect();
+        if fields.len() != 2 {
+            return Err(malformed(file, line, format!("expected `user<TAB>item`, found {} columns", fields.len())));
+        }
+        let user = *users
+            .get(fields[0].trim())
+            .ok_or_else(|| malformed(file, line, format!("unknown user {:?}", fields[0])))?;
+        let item = *items
+            .get(fields[1].trim())
+            .ok_or_else(|| malformed(file, line, format!("unknown item {:?}", fields[1])))?;
+        out.push(Heldout { user, item });
+    }
+    if out.is_empty() {
+        return Err(DataError::Empty { file: file.to_owned() });
+    }
+    Ok(out)
+}
+
+/// Reads a candidates file: `user<TAB>item1<TAB>item2…` per line, and returns the candidates in
+/// the order of `test` (one line per test user is required).
+pub fn read_candidates_file(
+    file: &str,
+    bytes: &[u8],
+    ds: &Dataset,
+    test: &[Heldout],
+) -> Result<Vec<Vec<u32>>, DataError> {
+    let users = ds.user_index_map();
+    let items = ds.item_index_map();
+    let text = decode_text(bytes);
+    let mut by_user: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (line, l) in numbered_lines(&text) {
+        let fields: Vec<&str> = l.split('\t').collect();
+        if fields.len() < 2 {
+            return Err(malformed(file, line, "expected `user<TAB>item1<TAB>item2…`"));
+        }
+        let user = *users
+            .get(fields[0].trim())
+            .ok_or_else(|| malformed(file, line, format!("unknown user {:?}", fields[0])))?;
+        let cands = fields[1..]
+            .iter()
+            .map(|f| {
+                items
+                    .get(f.trim())
+                    .copied()
+                    .ok_or_else(|| malformed(file, line, format!("unknown item {f:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if by_user.insert(user, cands).is_some() {
+            return Err(malformed(file, line, format!("user {:?} has a second line", fields[0])));
+        }
+    }
+    test.iter()
+        .map(|h| {
+            by_user.get(&h.user).cloned().ok_or_else(|| DataError::Inconsistent {
+                file: file.to_owned(),
+                message: format!("no candidates for test user {:?}", ds.users[h.user as usize].id),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ml(data: &str) -> Result<Dataset, DataError> {
+        Dataset::from_movielens(
+            "t",
+            MovieLensFiles { data: data.as_bytes(), item: None, genre: None, user: None },
+        )
+    }
+
+    #[test]
+    fn movielens_errors_name_file_and_line() {
+        let e = ml("1\t2\t3\t4\n1\t2\t3\n").unwrap_err();
+        assert_eq!(e.to_string(), "u.data:2: expected 4 tab-separated columns, found 3");
+        let e = ml("1\t2\t3\tnoon\n").unwrap_err();
+        assert_eq!(e.to_string(), "u.data:1: timestamp \"noon\" is not a number");
+        let e = ml("1\t2\tNaN\t4\n").unwrap_err();
+        assert!(e.to_string().contains("not finite"), "{e}");
+        assert!(matches!(ml("\n\n").unwrap_err(), DataError::Empty { .. }));
+    }
+
+    #[test]
+    fn movielens_metadata() {
+        let ds = Dataset::from_movielens(
+            "t",
+            MovieLensFiles {
+                data: b"7\t1\t5\t100\n7\t2\t3\t50\n",
+                item: Some(b"1|Caf\xe9 (1995)|x||u|0|1\n2|B|x||u|1|1\n3|Unseen|x||u|1|0\n"),
+                genre: Some(b"Action|0\nDrama|1\n"),
+                user: Some(b"7|30|F|writer|123\n"),
+            },
+        )
+        .unwrap();
+        assert_eq!(ds.items.len(), 3, "unrated items stay in the catalog");
+        assert_eq!(ds.items[0].title, "Café (1995)");
+        assert_eq!(ds.items[1].tags, vec![0, 1]);
+        assert_eq!(ds.item_tags, vec!["Action", "Drama"]);
+        let tags: Vec<&str> = ds.users[0].tags.iter().map(|&t| ds.user_tags[t as usize].as_str()).collect();
+        assert_eq!(tags, vec!["age:25-34", "gender:F", "occupation:writer"]);
+        let e = Dataset::from_movielens(
+            "t",
+            MovieLensFiles { data: b"7\t9\t5\t100\n", item: Some(b"1|A|x||u|0|1\n"), genre: None, user: None },
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "u.data:1: item 9 is not in u.item");
+    }
+
+    #[test]
+    fn csv_header_any_case_and_order() {
+        let ds = Dataset::from_csv("x.csv", b"Item,USER,Timestamp\nA,u1,5\n\"B,2\",u1,3\n", None).unwrap();
+        assert_eq!(ds.items[1].id, "B,2");
+        assert_eq!(ds.interactions[0].timestamp, 5);
+        assert_eq!(ds.interactions[1].rating, 1.0);
+        let ds = Dataset::from_csv("x.csv", b"u1,a\nu2,a\n", None).unwrap();
+        assert_eq!(ds.interactions[1].timestamp, 1, "file position stands in for time");
+        let e = Dataset::from_csv("x.csv", b"user,item,rating\nu,a,1\nu,b\n", None).unwrap_err();
+        assert_eq!(e.to_string(), "x.csv:3: expected 3 columns, found 2");
+        let e = Dataset::from_csv("x.csv", b"user,item,rating,timestamp\nu,a,1,yesterday\n", None).unwrap_err();
+        assert_eq!(e.to_string(), "x.csv:2: timestamp \"yesterday\" is not a number");
+        let e = Dataset::from_csv("x.csv", b"user,item\n", None).unwrap_err();
+        assert_eq!(e.to_string(), "x.csv: no interactions (the dataset is empty)");
+        let e = Dataset::from_csv("x.csv", b"a,b,c,d,e\n", None).unwrap_err();
+        assert!(e.to_string().starts_with("x.csv:1: expected `user,item"), "{e}");
+    }
+
+    #[test]
+    fn csv_item_file_gives_tags_and_titles() {
+        let ds = Dataset::from_csv(
+            "x.csv",
+            b"u1,a\n",
+            Some(("items.csv", b"item,title,tags\na,Alpha,x|y\nb,Beta,y\n")),
+        )
+        .unwrap();
+        assert_eq!(ds.items.len(), 2);
+        assert_eq!(ds.items[1].tags, vec![1]);
+        assert_eq!(ds.items[0].title, "Alpha");
+    }
+
+    #[test]
+    fn leave_one_out_takes_latest_and_ties_by_file_order() {
+        // user 1: t=5 (a), t=9 (b), t=9 (c): c is later in the file, so c is held out.
+        // user 2: one interaction, stays in training.
+        let ds = ml("1\ta\t1\t5\n1\tb\t1\t9\n2\ta\t1\t1\n1\tc\t1\t9\n").unwrap();
+        let split = leave_one_out(&ds).unwrap();
+        assert_eq!(split.test, vec![Heldout { user: 0, item: 2 }]);
+        assert_eq!(split.train.len(), 3);
+        assert_eq!(split.histories(2), vec![vec![0, 1], vec![0]]);
+    }
+
+    #[test]
+    fn negatives_avoid_seen_items_and_are_seeded() {
+        let mut data = String::new();
+        for i in 0..50 {
+            data += &format!("1\t{i}\t1\t{i}\n");
+        }
+        for i in 50..150 {
+            data += &format!("2\t{i}\t1\t{i}\n");
+        }
+        for i in 150..400 {
+            data += &format!("3\t{i}\t1\t{i}\n");
+        }
+        let ds = ml(&data).unwrap();
+        let split = leave_one_out(&ds).unwrap();
+        let a = sample_negatives(&ds, &split, 99, 7);
+        assert_eq!(a, sample_negatives(&ds, &split, 99, 7));
+        assert_ne!(a, sample_negatives(&ds, &split, 99, 8));
+        for (h, negs) in split.test.iter().zip(&a) {
+            assert_eq!(negs.len(), 99);
+            let mut uniq = negs.clone();
+            uniq.sort();
+            uniq.dedup();
+            assert_eq!(uniq.len(), 99);
+            assert!(negs.iter().all(|&j| !ds.interactions.iter().any(|x| x.user == h.user && x.item == j)));
+        }
+    }
+
+    #[test]
+    fn test_and_candidate_files() {
+        let ds = ml("1\ta\t1\t5\n1\tb\t1\t9\n2\ta\t1\t1\n2\tc\t1\t2\n").unwrap();
+        let test = read_test_file("t.tsv", b"1\tb\n2\tc\n", &ds).unwrap();
+        let split = split_with_test(&ds, &test).unwrap();
+        assert_eq!(split.train.len(), 2);
+        let c = read_candidates_file("c.tsv", b"2\ta\tb\n1\tc\n", &ds, &test).unwrap();
+        assert_eq!(c, vec![vec![2], vec![0, 1]]);
+        let e = read_candidates_file("c.tsv", b"1\tc\n", &ds, &test).unwrap_err();
+        assert!(e.to_string().contains("no candidates for test user \"2\""), "{e}");
+        let e = read_test_file("t.tsv", b"1\tzzz\n", &ds).unwrap_err();
+        assert_eq!(e.to_string(), "t.tsv:1: unknown item \"zzz\"");
+    }
+}

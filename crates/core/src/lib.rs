@@ -1,0 +1,32 @@
+//! hearth-core: the sans-IO heart of hearth, built for native targets and `wasm32-unknown-unknown`.
+//!
+//! It takes bytes, state and seeds, and returns values: no files, sockets or clocks here (those
+//! belong to the crate that owns the platform: `hearth-web`, `hearth-edge`, `hearth-aggregator`).
+//!
+//! - [`data`]: dataset readers (MovieLens 100K layout, generic CSV), leave-one-out, negatives.
+//! - [`eval`]: HR@K / NDCG@K under sampled and full-ranking protocols, coverage.
+//! - [`artifact`]: the model manifest and the `TensorFile` parameter format.
+//! - [`bundle`]: a model directory as verified bytes (manifest, parameters, catalog).
+//! - `model` (feature `model`): the two-tower model in burn, generic over the backend.
+//!
+//! ```
+//! use hearth_core::data::{Dataset, leave_one_out, sample_negatives};
+//! use hearth_core::eval::{evaluate, MostPopular, Protocol};
+//! let csv = b"user,item\na,x\na,y\nb,x\nb,z\nc,x\nc,y\n";
+//! let ds = Dataset::from_csv("tiny.csv", csv, None).unwrap();
+//! let split = leave_one_out(&ds).unwrap();
+//! let negatives = sample_negatives(&ds, &split, 99, 1);
+//! let pop = MostPopular::fit(ds.items.len(), &split.train);
+//! let m = evaluate(&pop, &Protocol {
+//!     n_items: ds.items.len(), train: &split.train, test: &split.test,
+//!     candidates: &negatives, k: 10, seed: 1,
+//! });
+//! assert!(m.sampled.hr > 0.0);
+//! ```
+
+pub mod artifact;
+pub mod bundle;
+pub mod data;
+pub mod eval;
+#[cfg(feature = "model")]
+pub mod model;

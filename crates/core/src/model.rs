@@ -1,0 +1,633 @@
+//! The two-tower model, written once over burn's `Backend` so the same code trains on the CPU
+//! (burn-flex), on wgpu (Vulkan natively, WebGPU in a browser worker) and, later, CUDA.
+//!
+//! - **Item tower**: an item-id embedding plus the mean of the item's tag embeddings (genres or
+//!   any multi-hot tags), so an item nobody interacted with still has a vector.
+//! - **User tower**: a pooled encoding of the user's recent history (a plain mean and a learned
+//!   recency-weighted mean of history-item vectors) plus demographic tags, through a small MLP,
+//!   plus the user's **personal embedding**. A new user with a few interactions gets a useful
+//!   vector from the pooled part alone, without retraining.
+//! - **Score**: the dot product of the two.
+//!
+//! Global parameters ([`GlobalParams`]: every table and layer shared by all users) and local
+//! parameters ([`PersonalTable`]: one personal vector per user, which on a device never leaves it)
+//! are separate types, because only global ones are ever federated.
+//!
+//! Training uses a softmax over the target item, the other targets in the batch and a shared set
+//! of uniformly sampled negatives (collisions with the target are masked), Adam, and a seeded
+//! ChaCha RNG for initialisation, shuffling and sampling: the same seed gives the same model.
+
+use burn::module::{AutodiffModule, Param};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::backend::AutodiffBackend;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{ArtifactError, ModelDims, TensorFile};
+use crate::data::Dataset;
+use crate::eval::Recommender;
+
+/// Architecture id recorded in manifests; loading refuses any other.
+pub const ARCHITECTURE: &str = crate::bundle::SERVED_ARCHITECTURE;
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Embedding width.
+    pub dim: usize,
+    /// Hidden width of the user tower's MLP.
+    pub hidden: usize,
+    /// History items the user tower reads (most recent first).
+    pub history: usize,
+    /// Passes over the training examples.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch: usize,
+    /// Uniformly sampled negatives shared by a batch (in addition to in-batch targets).
+    pub negatives: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// L2 weight decay (all parameters).
+    pub weight_decay: f64,
+    /// Seed for initialisation, shuffling and negative sampling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            dim: 64,
+            hidden: 128,
+            history: 50,
+            epochs: 20,
+            batch: 256,
+            negatives: 512,
+            lr: 2e-3,
+            weight_decay: 1e-6,
+            seed: 42,
+        }
+    }
+}
+
+/// Parameters shared by every user: what federated rounds train and publish.
+#[derive(Module, Debug)]
+pub struct GlobalParams<B: Backend> {
+    /// Item-id embeddings of the item tower, `[items, dim]`.
+    pub item_id: Param<Tensor<B, 2>>,
+    /// Item-tag embeddings of the item tower, `[max(1, item_tags), dim]`.
+    pub item_tag: Param<Tensor<B, 2>>,
+    /// Item-id embeddings the user tower reads history with, `[items, dim]`.
+    pub hist_id: Param<Tensor<B, 2>>,
+    /// Item-tag embeddings for history items, `[max(1, item_tags), dim]`.
+    pub hist_tag: Param<Tensor<B, 2>>,
+    /// User-tag (demographic) embeddings, `[max(1, user_tags), dim]`.
+    pub user_tag: Param<Tensor<B, 2>>,
+    /// Recency logits by position, most recent first, `[history]`.
+    pub recency: Param<Tensor<B, 1>>,
+    /// First MLP layer, `[3 * dim, hidden]`.
+    pub w1: Param<Tensor<B, 2>>,
+    /// First MLP bias, `[hidden]`.
+    pub b1: Param<Tensor<B, 1>>,
+    /// Second MLP layer, `[hidden, dim]`.
+    pub w2: Param<Tensor<B, 2>>,
+    /// Second MLP bias, `[dim]`.
+    pub b2: Param<Tensor<B, 1>>,
+}
+
+/// Local parameters: one personal embedding per user, `[users, dim]`. On a device this is a
+/// single row that never leaves it; centrally it holds the training users' rows.
+#[derive(Module, Debug)]
+pub struct PersonalTable<B: Backend> {
+    /// Personal vectors.
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+/// Constant inputs: normalised multi-hot tag matrices.
+#[derive(Module, Debug)]
+pub struct Features<B: Backend> {
+    /// `[items, max(1, item_tags)]`, each row summing to 1 (or 0 for an item with no tags).
+    pub item: Tensor<B, 2>,
+    /// `[users, max(1, user_tags)]`, likewise.
+    pub user: Tensor<B, 2>,
+}
+
+/// The whole model: global and local parameters plus constant features.
+#[derive(Module, Debug)]
+pub struct TwoTower<B: Backend> {
+    /// Shared parameters.
+    pub global: GlobalParams<B>,
+    /// Personal parameters.
+    pub personal: PersonalTable<B>,
+    /// Tag features.
+    pub features: Features<B>,
+}
+
+/// A batch of users with their histories, as tensors.
+pub struct UserBatch<B: Backend> {
+    /// User indices `[b]` (rows of the personal table and of the user features).
+    pub users: Tensor<B, 1, Int>,
+    /// History items `[b, history]`, most recent first, padded with 0.
+    pub history: Tensor<B, 2, Int>,
+    /// 1.0 where `history` holds an item, 0.0 for padding, `[b, history]`.
+    pub mask: Tensor<B, 2>,
+}
+
+impl<B: Backend> UserBatch<B> {
+    /// Builds a batch from each user's history in time order (the last `len` items are used).
+    pub fn new(users: &[u32], histories: &[&[u32]], len: usize, device: &B::Device) -> Self {
+        let b = users.len();
+        let mut idx = vec![0i32; b * len];
+        let mut mask = vec![0f32; b * len];
+        for (r, h) in histories.iter().enumerate() {
+            for (p, &item) in h.iter().rev().take(len).enumerate() {
+                idx[r * len + p] = item as i32;
+                mask[r * len + p] = 1.0;
+            }
+        }
+        let users: Vec<i32> = users.iter().map(|&u| u as i32).collect();
+        UserBatch {
+            users: Tensor::from_data(TensorData::new(users, [b]), device),
+            history: Tensor::from_data(TensorData::new(idx, [b, len]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [b, len]), device),
+        }
+    }
+}
+
+fn tag_matrix(rows: &[&[u32]], n_tags: usize) -> (Vec<f32>, usize) {
+    let width = n_tags.max(1);
+    let mut m = vec![0f32; rows.len() * width];
+    for (r, tags) in rows.iter().enumerate() {
+        if tags.is_empty() {
+            continue;
+        }
+        let w = 1.0 / tags.len() as f32;
+        for &t in *tags {
+            m[r * width + t as usize] += w;
+        }
+    }
+    (m, width)
+}
+
+impl<B: Backend> Features<B> {
+    /// Tag features of a dataset's catalog and users.
+    pub fn from_dataset(ds: &Dataset, device: &B::Device) -> Self {
+        let items: Vec<&[u32]> = ds.items.iter().map(|i| i.tags.as_slice()).collect();
+        let users: Vec<&[u32]> = ds.users.iter().map(|u| u.tags.as_slice()).collect();
+        Self::new(&items, ds.item_tags.len(), &users, ds.user_tags.len(), device)
+    }
+
+    /// Tag features from tag lists.
+    pub fn new(
+        items: &[&[u32]],
+        n_item_tags: usize,
+        users: &[&[u32]],
+        n_user_tags: usize,
+        device: &B::Device,
+    ) -> Self {
+        let (im, iw) = tag_matrix(items, n_item_tags);
+        let (um, uw) = tag_matrix(users, n_user_tags);
+        Features {
+            item: Tensor::from_data(TensorData::new(im, [items.len(), iw]), device),
+            user: Tensor::from_data(TensorData::new(um, [users.len(), uw]), device),
+        }
+    }
+}
+
+/// Names and shapes of the global tensors for given dimensions (the file layout's contract).
+pub fn global_shapes(d: &ModelDims) -> Vec<(&'static str, Vec<usize>)> {
+    vec![
+        ("item_id", vec![d.items, d.dim]),
+        ("item_tag", vec![d.item_tags.max(1), d.dim]),
+        ("hist_id", vec![d.items, d.dim]),
+        ("hist_tag", vec![d.item_tags.max(1), d.dim]),
+        ("user_tag", vec![d.user_tags.max(1), d.dim]),
+        ("recency", vec![d.history]),
+        ("w1", vec![3 * d.dim, d.hidden]),
+        ("b1", vec![d.hidden]),
+        ("w2", vec![d.hidden, d.dim]),
+        ("b2", vec![d.dim]),
+    ]
+}
+
+fn param<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
+}
+
+fn shape2(s: &[usize]) -> [usize; 2] {
+    [s[0], s[1]]
+}
+
+impl<B: Backend> GlobalParams<B> {
+    /// Seeded initialisation: small uniform embeddings, Glorot-uniform layers, zero biases and
+    /// recency logits. Uses our own RNG, so every backend starts from identical values.
+    pub fn init(d: &ModelDims, rng: &mut ChaCha8Rng, device: &B::Device) -> Self {
+        let mut uniform = |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-a..a)).collect() };
+        let shapes = global_shapes(d);
+        let mut f = TensorFile::default();
+        for (name, shape) in &shapes {
+            let n: usize = shape.iter().product();
+            let values = match *name {
+                "w1" | "w2" => uniform(n, (6.0 / (shape[0] + shape[1]) as f32).sqrt()),
+                "b1" | "b2" | "recency" => vec![0.0; n],
+                _ => uniform(n, 0.05),
+            };
+            f.insert(name, shape.clone(), values);
+        }
+        // The shapes above are the ones `from_file` checks, so this cannot fail.
+        Self::from_file(d, &f, device).unwrap_or_else(|e| unreachable!("init shapes: {e}"))
+    }
+
+    /// Loads global parameters, checking every tensor's shape against `d`.
+    pub fn from_file(d: &ModelDims, f: &TensorFile, device: &B::Device) -> Result<Self, ArtifactError> {
+        let shapes = global_shapes(d);
+        let get = |i: usize| f.get(shapes[i].0, &shapes[i].1).map(|t| t.values.clone());
+        Ok(GlobalParams {
+            item_id: param(get(0)?, shape2(&shapes[0].1), device),
+            item_tag: param(get(1)?, shape2(&shapes[1].1), device),
+            hist_id: param(get(2)?, shape2(&shapes[2].1), device),
+            hist_tag: param(get(3)?, shape2(&shapes[3].1), device),
+            user_tag: param(get(4)?, shape2(&shapes[4].1), device),
+            recency: param(get(5)?, [d.history], device),
+            w1: param(get(6)?, shape2(&shapes[6].1), device),
+            b1: param(get(7)?, [d.hidden], device),
+            w2: param(get(8)?, shape2(&shapes[8].1), device),
+            b2: param(get(9)?, [d.dim], device),
+        })
+    }
+
+    /// Exports every tensor by name.
+    pub fn to_file(&self) -> TensorFile {
+        let mut f = TensorFile::default();
+        let mut put2 = |name: &str, t: &Param<Tensor<B, 2>>| {
+            let v = t.val();
+            f.insert(name, v.dims().to_vec(), to_vec(v));
+        };
+        put2("item_id", &self.item_id);
+        put2("item_tag", &self.item_tag);
+        put2("hist_id", &self.hist_id);
+        put2("hist_tag", &self.hist_tag);
+        put2("user_tag", &self.user_tag);
+        put2("w1", &self.w1);
+        put2("w2", &self.w2);
+        for (name, t) in [("recency", &self.recency), ("b1", &self.b1), ("b2", &self.b2)] {
+            let v = t.val();
+            f.insert(name, v.dims().to_vec(), to_vec(v));
+        }
+        f
+    }
+}
+
+impl<B: Backend> PersonalTable<B> {
+    /// Zero vectors for `users` users: a user nobody trained yet is scored by the pooled part.
+    pub fn zeros(users: usize, dim: usize, device: &B::Device) -> Self {
+        PersonalTable { weight: param(vec![0.0; users.max(1) * dim], [users.max(1), dim], device) }
+    }
+
+    /// Loads personal vectors (`personal` tensor, `[users, dim]`).
+    pub fn from_file(users: usize, dim: usize, f: &TensorFile, device: &B::Device) -> Result<Self, ArtifactError> {
+        let t = f.get("personal", &[users, dim])?;
+        Ok(PersonalTable { weight: param(t.values.clone(), [users, dim], device) })
+    }
+
+    /// Exports the table as the `personal` tensor.
+    pub fn to_file(&self) -> TensorFile {
+        let v = self.weight.val();
+        let mut f = TensorFile::default();
+        f.insert("personal", v.dims().to_vec(), to_vec(v));
+        f
+    }
+}
+
+impl<B: Backend> TwoTower<B> {
+    /// Item vectors for all catalog items, `[items, dim]`.
+    pub fn item_vectors(&self) -> Tensor<B, 2> {
+        let g = &self.global;
+        g.item_id.val() + self.features.item.clone().matmul(g.item_tag.val())
+    }
+
+    /// Item vectors for selected items, `[n, dim]`.
+    pub fn item_vectors_of(&self, items: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        let g = &self.global;
+        g.item_id.val().select(0, items.clone())
+            + self.features.item.clone().select(0, items).matmul(g.item_tag.val())
+    }
+
+    /// User vectors, `[b, dim]`.
+    ///
+    /// Both history pools (plain mean and learned recency weights) are one batched matmul
+    /// `[b, 2, l] x [b, l, dim]`, and tag features are pooled before their projection: the
+    /// `[b, l, dim]` tensor is touched only by the gather and that matmul (this is the training
+    /// loop's hot path).
+    pub fn user_vectors(&self, batch: &UserBatch<B>) -> Tensor<B, 2> {
+        let g = &self.global;
+        let [b, l] = batch.history.dims();
+        let d = g.item_id.val().dims()[1];
+        let t = self.features.item.dims()[1];
+        let flat = batch.history.clone().reshape([b * l]);
+        let ids = g.hist_id.val().select(0, flat.clone()).reshape([b, l, d]);
+        let tags = self.features.item.clone().select(0, flat).reshape([b, l, t]);
+        let mask = batch.mask.clone();
+
+        let count = mask.clone().sum_dim(1).clamp_min(1.0); // [b, 1]
+        let mean_w = mask.clone() / count;
+        let logits = g.recency.val().reshape([1, l]).expand([b, l]);
+        let logits = logits.mask_fill(mask.clone().equal_elem(0.0), -1e9);
+        let recent_w = activation::softmax(logits, 1) * mask; // all-padding rows become 0
+        let w = Tensor::stack::<3>(vec![mean_w, recent_w], 1); // [b, 2, l]
+
+        let pooled_ids = w.clone().matmul(ids).reshape([b, 2 * d]);
+        let pooled_tags = w.matmul(tags).reshape([b * 2, t]).matmul(g.hist_tag.val()).reshape([b, 2 * d]);
+        let demo = self.features.user.clone().select(0, batch.users.clone()).matmul(g.user_tag.val());
+        let x = Tensor::cat(vec![pooled_ids + pooled_tags, demo], 1);
+        let hidden = activation::relu(x.matmul(g.w1.val()) + g.b1.val().unsqueeze_dim(0));
+        let pooled = hidden.matmul(g.w2.val()) + g.b2.val().unsqueeze_dim(0);
+        pooled + self.personal.weight.val().select(0, batch.users.clone())
+    }
+
+    /// Dimensions of this model.
+    pub fn dims(&self) -> ModelDims {
+        let g = &self.global;
+        let [items, dim] = g.item_id.val().dims();
+        let [_, hidden] = g.w1.val().dims();
+        let [history] = g.recency.val().dims();
+        let [users, _] = self.personal.weight.val().dims();
+        let [_, item_tags] = self.features.item.dims();
+        let [_, user_tags] = self.features.user.dims();
+        ModelDims { items, item_tags, user_tags, users, dim, hidden, history }
+    }
+}
+
+/// Progress of a training run.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainProgress {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Steps done so far (all epochs).
+    pub step: usize,
+    /// Steps in the whole run.
+    pub total_steps: usize,
+    /// Mean loss over the epoch so far.
+    pub loss: f64,
+}
+
+/// Dimensions a dataset and config give.
+pub fn dims_for(ds: &Dataset, cfg: &TrainConfig) -> ModelDims {
+    ModelDims {
+        items: ds.items.len(),
+        item_tags: ds.item_tags.len(),
+        user_tags: ds.user_tags.len(),
+        users: ds.users.len(),
+        dim: cfg.dim,
+        hidden: cfg.hidden,
+        history: cfg.history,
+    }
+}
+
+/// Why training could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A hyper-parameter is out of range.
+    #[error("invalid training setting: {0}")]
+    InvalidConfig(String),
+    /// The loss became NaN or infinite.
+    #[error("training diverged at epoch {epoch} (loss {loss}); try a smaller learning rate")]
+    Diverged {
+        /// Epoch at which it happened.
+        epoch: usize,
+        /// The loss seen.
+        loss: f64,
+    },
+}
+
+/// Trains a two-tower model on `histories` (each user's training items in time order).
+/// Every position of every history is one example: predict that item from the items before it.
+pub fn train<B: AutodiffBackend>(
+    ds: &Dataset,
+    histories: &[Vec<u32>],
+    cfg: &TrainConfig,
+    device: &B::Device,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<TwoTower<B>, TrainError> {
+    for (name, v) in [("dim", cfg.dim), ("hidden", cfg.hidden), ("history", cfg.history), ("batch", cfg.batch), ("epochs", cfg.epochs)] {
+        if v == 0 {
+            return Err(TrainError::InvalidConfig(format!("{name} must be at least 1")));
+        }
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) || !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
+        return Err(TrainError::InvalidConfig("lr must be > 0 and weight decay >= 0".into()));
+    }
+    let dims = dims_for(ds, cfg);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut model = TwoTower::<B> {
+        global: GlobalParams::init(&dims, &mut rng, device),
+        personal: PersonalTable::zeros(dims.users, dims.dim, device),
+        features: Features::from_dataset(ds, device),
+    };
+    let mut optim = AdamConfig::new()
+        .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay as f32)))
+        .init::<B, TwoTower<B>>();
+
+    let mut examples: Vec<(u32, u32)> = histories
+        .iter()
+        .enumerate()
+        .flat_map(|(u, h)| (0..h.len() as u32).map(move |t| (u as u32, t)))
+        .collect();
+    let n_items = ds.items.len() as u32;
+    let steps_per_epoch = examples.len().div_ceil(cfg.batch);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        examples.shuffle(&mut rng);
+        let mut loss_sum = 0f64;
+        for (bi, chunk) in examples.chunks(cfg.batch).enumerate() {
+            let users: Vec<u32> = chunk.iter().map(|&(u, _)| u).collect();
+            let hists: Vec<&[u32]> = chunk.iter().map(|&(u, t)| &histories[u as usize][..t as usize]).collect();
+            let targets: Vec<u32> = chunk.iter().map(|&(u, t)| histories[u as usize][t as usize]).collect();
+            let negatives: Vec<u32> = (0..cfg.negatives).map(|_| rng.random_range(0..n_items)).collect();
+            let loss = batch_loss(&model, &users, &hists, &targets, &negatives, cfg.history, device);
+            let value = loss.clone().into_scalar().to_f64();
+            if !value.is_finite() {
+                return Err(TrainError::Diverged { epoch, loss: value });
+            }
+            loss_sum += value;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(cfg.lr, model, grads);
+            step += 1;
+            progress(TrainProgress { epoch, step, total_steps, loss: loss_sum / (bi + 1) as f64 });
+        }
+    }
+    Ok(model)
+}
+
+/// Softmax cross-entropy of each example's target against in-batch targets and shared
+/// negatives; any candidate equal to the example's own target (other than itself) is masked.
+fn batch_loss<B: Backend>(
+    model: &TwoTower<B>,
+    users: &[u32],
+    hists: &[&[u32]],
+    targets: &[u32],
+    negatives: &[u32],
+    history: usize,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let b = users.len();
+    let cands: Vec<u32> = targets.iter().chain(negatives).copied().collect();
+    let c = cands.len();
+    let mut mask = vec![0f32; b * c];
+    let mut onehot = vec![0f32; b * c];
+    for (r, &t) in targets.iter().enumerate() {
+        onehot[r * c + r] = 1.0;
+        for (j, &cand) in cands.iter().enumerate() {
+            if cand == t && j != r {
+                mask[r * c + j] = -1e9;
+            }
+        }
+    }
+    let batch = UserBatch::<B>::new(users, hists, history, device);
+    let u = model.user_vectors(&batch);
+    let ids: Vec<i32> = cands.iter().map(|&i| i as i32).collect();
+    let v = model.item_vectors_of(Tensor::from_data(TensorData::new(ids, [c]), device));
+    let logits = u.matmul(v.transpose()) + Tensor::from_data(TensorData::new(mask, [b, c]), device);
+    burn::tensor::loss::cross_entropy_with_logits(logits, Tensor::from_data(TensorData::new(onehot, [b, c]), device))
+}
+
+/// Trains and returns the model without autodiff state (ready for scoring).
+pub fn train_valid<B: AutodiffBackend>(
+    ds: &Dataset,
+    histories: &[Vec<u32>],
+    cfg: &TrainConfig,
+    device: &B::Device,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<TwoTower<B::InnerBackend>, TrainError> {
+    Ok(train::<B>(ds, histories, cfg, device, progress)?.valid())
+}
+
+/// A precomputed score table: every user's vector against every item, for evaluation.
+#[derive(Debug, Clone)]
+pub struct ScoreTable {
+    n_items: usize,
+    scores: Vec<f32>,
+}
+
+impl ScoreTable {
+    /// Scores all `histories.len()` users (row `u` uses personal row `u` and history `u`).
+    pub fn compute<B: Backend>(model: &TwoTower<B>, histories: &[Vec<u32>], device: &B::Device) -> Self {
+        let dims = model.dims();
+        let items = model.item_vectors().transpose();
+        let mut scores = Vec::with_capacity(histories.len() * dims.items);
+        let users: Vec<u32> = (0..histories.len() as u32).collect();
+        for chunk in users.chunks(1024) {
+            let hists: Vec<&[u32]> = chunk.iter().map(|&u| histories[u as usize].as_slice()).collect();
+            let batch = UserBatch::<B>::new(chunk, &hists, dims.history, device);
+            scores.extend(to_vec(model.user_vectors(&batch).matmul(items.clone())));
+        }
+        ScoreTable { n_items: dims.items, scores }
+    }
+
+    /// The scores of user `u`.
+    pub fn row(&self, u: u32) -> &[f32] {
+        &self.scores[u as usize * self.n_items..(u as usize + 1) * self.n_items]
+    }
+}
+
+impl Recommender for ScoreTable {
+    fn score_all(&self, user: u32, _history: &[u32], out: &mut [f32]) {
+        out.copy_from_slice(self.row(user));
+    }
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use crate::data::{Dataset, leave_one_out};
+    use burn::backend::{Autodiff, Flex};
+
+    type Cpu = Flex;
+
+    /// Two clusters of items; users consume within one cluster in a fixed cycle.
+    pub(crate) fn toy() -> Dataset {
+        let mut csv = String::from("user,item,timestamp\n");
+        for u in 0..40 {
+            let base = if u % 2 == 0 { 0 } else { 10 };
+            for t in 0..12 {
+                csv += &format!("u{u},i{},{t}\n", base + (u + t) % 10);
+            }
+        }
+        Dataset::from_csv("toy.csv", csv.as_bytes(), None).unwrap()
+    }
+
+    fn small() -> TrainConfig {
+        TrainConfig { dim: 8, hidden: 16, history: 5, epochs: 3, batch: 32, negatives: 8, lr: 1e-2, ..Default::default() }
+    }
+
+    #[test]
+    fn same_seed_same_model_and_loss_falls() {
+        let ds = toy();
+        let split = leave_one_out(&ds).unwrap();
+        let h = split.histories(ds.users.len());
+        let dev = Default::default();
+        let mut first = None;
+        let mut last = 0.0;
+        let a = train_valid::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |p| {
+            if p.epoch == 0 && first.is_none() {
+                first = Some(p.loss);
+            }
+            last = p.loss;
+        })
+        .unwrap();
+        assert!(last < first.unwrap() * 0.8, "loss {first:?} -> {last}");
+        let b = train_valid::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |_| {}).unwrap();
+        assert_eq!(a.global.to_file(), b.global.to_file());
+        let c = train_valid::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, seed: 7, ..small() }, &dev, &mut |_| {}).unwrap();
+        assert_ne!(a.global.to_file(), c.global.to_file());
+    }
+
+    #[test]
+    fn empty_history_gives_finite_vector_and_cold_items_get_vectors() {
+        let ds = toy();
+        let dev = Default::default();
+        let dims = dims_for(&ds, &small());
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let m = TwoTower::<Cpu> {
+            global: GlobalParams::init(&dims, &mut rng, &dev),
+            personal: PersonalTable::zeros(dims.users, dims.dim, &dev),
+            features: Features::from_dataset(&ds, &dev),
+        };
+        let batch = UserBatch::<Cpu>::new(&[0, 1], &[&[], &[3, 4]], dims.history, &dev);
+        let v = to_vec(m.user_vectors(&batch));
+        assert!(v.iter().all(|x| x.is_finite()));
+        assert_eq!(v.len(), 2 * dims.dim);
+    }
+
+    #[test]
+    fn params_roundtrip_through_files() {
+        let ds = toy();
+        let dev = Default::default();
+        let dims = dims_for(&ds, &small());
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let g = GlobalParams::<Cpu>::init(&dims, &mut rng, &dev);
+        let f = g.to_file();
+        let g2 = GlobalParams::<Cpu>::from_file(&dims, &f, &dev).unwrap();
+        assert_eq!(g2.to_file(), f);
+        let wrong = ModelDims { dim: 9, ..dims };
+        assert!(matches!(GlobalParams::<Cpu>::from_file(&wrong, &f, &dev), Err(ArtifactError::ShapeMismatch { .. })));
+    }
+
+    #[test]
+    fn invalid_config_is_an_error() {
+        let ds = toy();
+        let e = train::<Autodiff<Cpu>>(&ds, &[], &TrainConfig { dim: 0, ..small() }, &Default::default(), &mut |_| {})
+            .unwrap_err();
+        assert_eq!(e, TrainError::InvalidConfig("dim must be at least 1".into()));
+    }
+}
