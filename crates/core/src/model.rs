@@ -64,11 +64,11 @@ impl Default for TrainConfig {
             dim: 64,
             hidden: 128,
             history: 50,
-            epochs: 20,
+            epochs: 10,
             batch: 256,
             negatives: 512,
             lr: 2e-3,
-            weight_decay: 1e-6,
+            weight_decay: 1e-5,
             seed: 42,
         }
     }

@@ -8,7 +8,11 @@ const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME, ".cac
 const mf = new Miniflare({
   modules: true,
   scriptPath: path.join(target, "edge/entry.mjs"),
-  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+  modulesRoot: path.join(target, "edge"),
+  modulesRules: [
+    { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
+    { type: "CompiledWasm", include: ["**/*.wasm"] },
+  ],
   compatibilityDate: "2025-09-01",
 });
 after(() => mf.dispose());
