@@ -63,7 +63,9 @@ fn bad_inputs_get_clear_errors() {
     std::fs::create_dir_all(&mldir).unwrap();
     std::fs::write(mldir.join("u.data"), "1\t2\t3\n").unwrap();
     fails_with(&["train", "--data", mldir.to_str().unwrap(), "--out", &out], "u.data:1: expected 4 tab-separated columns, found 3");
-    fails_with(&["train", "--data", &cols, "--out", &out, "--epochs", "0"], "");
+    let ok_csv = p("ok.csv", "user,item\na,x\na,y\nb,x\n");
+    fails_with(&["train", "--data", &ok_csv, "--out", &out, "--epochs", "0"], "invalid training setting: epochs must be at least 1");
+    fails_with(&["train", "--data", &ok_csv, "--out", &out, "--lr", "-1"], "lr must be > 0");
 }
 
 #[test]

@@ -48,3 +48,14 @@ mod worker_glue {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn health_serialises_as_the_worker_sends_it() {
+        let v = serde_json::to_value(super::health()).unwrap();
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["architecture"], "two-tower-v1");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    }
+}
