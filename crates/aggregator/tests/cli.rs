@@ -65,7 +65,7 @@ fn bad_inputs_get_clear_errors() {
     fails_with(&["train", "--data", mldir.to_str().unwrap(), "--out", &out], "u.data:1: expected 4 tab-separated columns, found 3");
     let ok_csv = p("ok.csv", "user,item\na,x\na,y\nb,x\n");
     fails_with(&["train", "--data", &ok_csv, "--out", &out, "--epochs", "0"], "invalid training setting: epochs must be at least 1");
-    fails_with(&["train", "--data", &ok_csv, "--out", &out, "--lr", "-1"], "lr must be > 0");
+    fails_with(&["train", "--data", &ok_csv, "--out", &out, "--lr=-1"], "lr must be > 0");
 }
 
 #[test]
