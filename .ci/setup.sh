@@ -21,6 +21,8 @@ need_apt=()
 for pkg in mesa-vulkan-drivers libvulkan1 clang; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# npm (any version) installs the pinned tooling, including the Node 22 that workerd needs.
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   step "apt: installing ${need_apt[*]}"
   as_root apt-get update -qq
