@@ -209,6 +209,9 @@ impl ModelBundle {
             serde_json::from_slice(&catalog_bytes).map_err(|e| BundleError::Catalog(e.to_string()))?;
 
         let d = &manifest.dims;
+        if d.items == 0 || d.dim == 0 || d.hidden == 0 || d.history == 0 {
+            return Err(BundleError::BadManifest("items, dim, hidden and history must all be at least 1".into()));
+        }
         if catalog.items.len() != d.items || catalog.item_tags.len() != d.item_tags || catalog.user_tags.len() != d.user_tags {
             return Err(BundleError::Catalog(format!(
                 "{} items / {} item tags / {} user tags, but the manifest says {} / {} / {}",

@@ -155,6 +155,16 @@ fn parse_field<T: std::str::FromStr>(
         .map_err(|_| malformed(file, line, format!("{what} {raw:?} is not a number")))
 }
 
+/// Splits a line into exactly `expected` fields separated by `sep`.
+fn columns<'a>(file: &str, line: usize, l: &'a str, sep: char, expected: usize) -> Result<Vec<&'a str>, DataError> {
+    let fields: Vec<&str> = l.split(sep).collect();
+    if fields.len() != expected {
+        let kind = if sep == '\t' { "tab".to_owned() } else { format!("`{sep}`") };
+        return Err(malformed(file, line, format!("expected {expected} {kind}-separated columns, found {}", fields.len())));
+    }
+    Ok(fields)
+}
+
 fn check_rating(file: &str, line: usize, rating: f32) -> Result<f32, DataError> {
     if rating.is_finite() {
         Ok(rating)
@@ -273,14 +283,7 @@ impl Dataset {
         if let Some(user) = files.user {
             let text = decode_text(user);
             for (line, l) in numbered_lines(&text) {
-                let fields: Vec<&str> = l.split('|').collect();
-                if fields.len() != 5 {
-                    return Err(malformed(
-                        "u.user",
-                        line,
-                        format!("expected 5 `|`-separated columns, found {}", fields.len()),
-                    ));
-                }
+                let fields = columns("u.user", line, l, '|', 5)?;
                 let age: u32 = parse_field("u.user", line, "age", fields[1])?;
                 let id = fields[0].trim();
                 let before = users.names.len();
@@ -301,14 +304,7 @@ impl Dataset {
         let text = decode_text(files.data);
         let mut interactions = Vec::new();
         for (line, l) in numbered_lines(&text) {
-            let fields: Vec<&str> = l.split('\t').collect();
-            if fields.len() != 4 {
-                return Err(malformed(
-                    "u.data",
-                    line,
-                    format!("expected 4 tab-separated columns, found {}", fields.len()),
-                ));
-            }
+            let fields = columns("u.data", line, l, '\t', 4)?;
             let (u, i) = (fields[0].trim(), fields[1].trim());
             if u.is_empty() || i.is_empty() {
                 return Err(malformed("u.data", line, "empty user or item id"));
@@ -813,10 +809,7 @@ pub fn read_test_file(file: &str, bytes: &[u8], ds: &Dataset) -> Result<Vec<Held
     let text = decode_text(bytes);
     let mut out = Vec::new();
     for (line, l) in numbered_lines(&text) {
-        let fields: Vec<&str> = l.split('\t').collect();
-        if fields.len() != 2 {
-            return Err(malformed(file, line, format!("expected `user<TAB>item`, found {} columns", fields.len())));
-        }
+        let fields = columns(file, line, l, '\t', 2)?;
         let user = *users
             .get(fields[0].trim())
             .ok_or_else(|| malformed(file, line, format!("unknown user {:?}", fields[0])))?;

@@ -423,6 +423,16 @@ pub fn train<B: AutodiffBackend>(
             return Err(TrainError::InvalidConfig(format!("{name} must be at least 1")));
         }
     }
+    if histories.len() != ds.users.len() {
+        return Err(TrainError::InvalidConfig(format!(
+            "{} histories for {} users",
+            histories.len(),
+            ds.users.len()
+        )));
+    }
+    if histories.iter().flatten().any(|&i| i as usize >= ds.items.len()) {
+        return Err(TrainError::InvalidConfig("a history refers to an item outside the catalog".into()));
+    }
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) || !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
         return Err(TrainError::InvalidConfig("lr must be > 0 and weight decay >= 0".into()));
     }
@@ -629,5 +639,7 @@ mod tests {
         let e = train::<Autodiff<Cpu>>(&ds, &[], &TrainConfig { dim: 0, ..small() }, &Default::default(), &mut |_| {})
             .unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("dim must be at least 1".into()));
+        let e = train::<Autodiff<Cpu>>(&ds, &[], &small(), &Default::default(), &mut |_| {}).unwrap_err();
+        assert_eq!(e, TrainError::InvalidConfig("0 histories for 40 users".into()));
     }
 }
