@@ -707,6 +707,11 @@ pub fn histories(interactions: &[Interaction], n_users: usize) -> Vec<Vec<u32>> 
         .collect()
 }
 
+/// The interactions not marked in `held`, in file order.
+fn without_held(ds: &Dataset, held: &[bool]) -> Vec<Interaction> {
+    ds.interactions.iter().zip(held).filter(|(_, h)| !**h).map(|(x, _)| *x).collect()
+}
+
 /// Leave-one-out: each user's latest interaction by timestamp (ties: the one later in the file)
 /// is held out. Users with a single interaction stay in training only.
 pub fn leave_one_out(ds: &Dataset) -> Result<Split, DataError> {
@@ -733,14 +738,7 @@ pub fn leave_one_out(ds: &Dataset) -> Result<Split, DataError> {
             test.push(Heldout { user: u as u32, item: ds.interactions[*pos].item });
         }
     }
-    let train = ds
-        .interactions
-        .iter()
-        .zip(&held)
-        .filter(|(_, h)| !**h)
-        .map(|(x, _)| *x)
-        .collect();
-    Ok(Split { train, test })
+    Ok(Split { train: without_held(ds, &held), test })
 }
 
 /// Holds out exactly the given (user, item) pairs: the most recent matching interaction of each
@@ -762,14 +760,7 @@ pub fn split_with_test(ds: &Dataset, test: &[Heldout]) -> Result<Split, DataErro
             held[p] = true;
         }
     }
-    let train = ds
-        .interactions
-        .iter()
-        .zip(&held)
-        .filter(|(_, h)| !**h)
-        .map(|(x, _)| *x)
-        .collect();
-    Ok(Split { train, test: test.to_vec() })
+    Ok(Split { train: without_held(ds, &held), test: test.to_vec() })
 }
 
 /// Samples `n` negatives per held-out user, uniformly without replacement from the items the
