@@ -206,12 +206,24 @@ fn finish<B: burn::tensor::backend::AutodiffBackend>(
 pub fn write_model_dir(dir: &Path, bundle: &ModelBundle) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (name, bytes) in bundle.to_files() {
-        let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
-        let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dir.join(name))?;
+        write_atomic(dir, name, &bytes)?;
     }
+    Ok(())
+}
+
+/// Writes the model's int8 catalog shard (`items.shard`) into its directory, atomically.
+pub fn write_shard(dir: &Path, bundle: &ModelBundle) -> Result<hearth_core::quant::CatalogShard> {
+    let shard = bundle.catalog_shard::<burn::backend::Flex>(&Default::default())?;
+    write_atomic(dir, hearth_core::bundle::SHARD, &shard.encode())?;
+    Ok(shard)
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(name))?;
     Ok(())
 }
 

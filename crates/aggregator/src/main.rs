@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use hearth_aggregator::{Backend, evaluate_dir, load_dataset, report_json, report_table, train_model, write_model_dir};
+use hearth_aggregator::{
+    Backend, evaluate_dir, load_dataset, read_model_dir, report_json, report_table, train_model, write_model_dir, write_shard,
+};
 use hearth_core::model::TrainConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -37,6 +39,12 @@ enum Command {
         backend: Backend,
         #[command(flatten)]
         hyper: Hyper,
+    },
+    /// (Re)write a model directory's int8 catalog shard, items.shard (`train` writes it too).
+    Shard {
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
     },
     /// Evaluate a model directory beside most-popular, under both protocols.
     Eval {
@@ -144,8 +152,20 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             bar.finish();
             write_model_dir(&out, &trained.bundle)?;
+            write_shard(&out, &trained.bundle)?;
             eprintln!("trained in {:.1} s; wrote {}", trained.train_seconds, out.display());
             print!("{}", report_table(&trained.report));
+        }
+        Command::Shard { model } => {
+            let bundle = read_model_dir(&model)?;
+            let shard = write_shard(&model, &bundle)?;
+            eprintln!(
+                "wrote {}: {} items x {} dims, model version {}",
+                model.join(hearth_core::bundle::SHARD).display(),
+                shard.len(),
+                shard.dim(),
+                shard.model_version()
+            );
         }
         Command::Eval { model, data, items, test, candidates, seed, json } => {
             let ds = load_dataset(&data, items.as_deref())?;

@@ -22,6 +22,8 @@ pub const GLOBAL: &str = "global.bin";
 pub const PERSONAL: &str = "personal.bin";
 /// Item and user vocabularies.
 pub const CATALOG: &str = "catalog.json";
+/// The int8 item embeddings ([`crate::quant::CatalogShard`]), written beside the model.
+pub const SHARD: &str = "items.shard";
 
 /// Why a model directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +260,7 @@ mod burn_glue {
     use super::*;
     use crate::model::{ARCHITECTURE, Features, GlobalParams, PersonalTable, TwoTower};
     use burn::prelude::Backend;
+    use crate::quant::CatalogShard;
 
     impl ModelBundle {
         /// Builds the burn model (on any backend) from a verified bundle. Without personal
@@ -278,6 +281,21 @@ mod burn_glue {
             let users: Vec<&[u32]> = self.catalog.users.iter().map(|u| u.tags.as_slice()).collect();
             let features = Features::new(&items, d.item_tags, &users, d.user_tags, device);
             Ok(TwoTower { global, personal, features })
+        }
+
+        /// The model's item vectors quantized into a [`CatalogShard`] (ids from the catalog,
+        /// version from the manifest).
+        pub fn catalog_shard<B: Backend>(&self, device: &B::Device) -> Result<CatalogShard, BundleError> {
+            let model = self.to_model::<B>(device)?;
+            let values: Vec<f32> = model
+                .item_vectors()
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| BundleError::Catalog(format!("item vectors: {e:?}")))?;
+            let ids = self.catalog.items.iter().map(|i| i.id.clone()).collect();
+            CatalogShard::from_f32(&self.manifest.model_version.to_string(), ids, self.manifest.dims.dim, &values)
+                .map_err(|e| BundleError::Catalog(format!("cannot quantize the item vectors: {e}")))
         }
     }
 }

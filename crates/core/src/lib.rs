@@ -7,6 +7,8 @@
 //! - [`eval`]: HR@K / NDCG@K under sampled and full-ranking protocols, coverage.
 //! - [`artifact`]: the model manifest and the `TensorFile` parameter format.
 //! - [`bundle`]: a model directory as verified bytes (manifest, parameters, catalog).
+//! - [`quant`]: int8 quantization and the `CatalogShard` format.
+//! - [`score`]: catalog scoring and top-k: reference, CPU SIMD, GPU (feature `gpu`).
 //! - `model` (feature `model`): the two-tower model in burn, generic over the backend.
 //!
 //! ```
@@ -28,5 +30,7 @@ pub mod artifact;
 pub mod bundle;
 pub mod data;
 pub mod eval;
+pub mod quant;
+pub mod score;
 #[cfg(feature = "model")]
 pub mod model;

@@ -1,0 +1,214 @@
+//! Catalog scoring benchmark: hearth int8 (1 thread, all threads), hearth exact f32, and a plain
+//! read of the same bytes (the memory floor), side by side in one run, on Gaussian data.
+//!
+//! ```text
+//! cargo bench -p hearth-core --no-default-features --bench scoring -- [--json] [--quick]
+//!     [--n N]... [--d D]... [--queries Q] [--data FILE]
+//! ```
+//! `--data FILE` reads items and queries written by `bench/faiss_compare.py` (so FAISS and hearth
+//! score the very same numbers): `n u32, d u32, n·d f32, q u32, q·d f32`, little-endian.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use hearth_core::quant::{CatalogShard, QuantizedVector, quantize};
+use hearth_core::score::{self, Hit};
+
+struct Args {
+    json: bool,
+    ns: Vec<usize>,
+    ds: Vec<usize>,
+    queries: usize,
+    data: Option<String>,
+    threads: usize,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        json: false,
+        ns: vec![],
+        ds: vec![],
+        queries: 30,
+        data: None,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--json" => a.json = true,
+            "--quick" => {
+                a.ns = vec![100_000];
+                a.ds = vec![64];
+                a.queries = 10;
+            }
+            "--n" => a.ns.push(value("--n")?.parse().map_err(|e| format!("--n: {e}"))?),
+            "--d" => a.ds.push(value("--d")?.parse().map_err(|e| format!("--d: {e}"))?),
+            "--queries" => a.queries = value("--queries")?.parse().map_err(|e| format!("--queries: {e}"))?,
+            "--threads" => a.threads = value("--threads")?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--data" => a.data = Some(value("--data")?),
+            "--bench" => {} // passed by `cargo bench`
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.ns.is_empty() {
+        a.ns = vec![100_000, 1_000_000];
+    }
+    if a.ds.is_empty() {
+        a.ds = vec![32, 64, 128];
+    }
+    Ok(a)
+}
+
+fn read_data(path: &str) -> Result<(usize, usize, Vec<f32>, Vec<f32>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut pos = 0;
+    let mut u32_at = |pos: &mut usize| -> Result<usize, String> {
+        let b = bytes.get(*pos..*pos + 4).ok_or(format!("{path}: truncated"))?;
+        *pos += 4;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let n = u32_at(&mut pos)?;
+    let d = u32_at(&mut pos)?;
+    let floats = |pos: &mut usize, count: usize| -> Result<Vec<f32>, String> {
+        let b = bytes.get(*pos..*pos + count * 4).ok_or(format!("{path}: truncated"))?;
+        *pos += count * 4;
+        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    };
+    let items = floats(&mut pos, n * d)?;
+    let q = u32_at(&mut pos)?;
+    let queries = floats(&mut pos, q * d)?;
+    Ok((n, d, items, queries))
+}
+
+/// Median per-call time in milliseconds (one warm-up call first).
+fn time_ms(reps: usize, mut f: impl FnMut(usize)) -> f64 {
+    f(0);
+    let mut t: Vec<f64> = (0..reps)
+        .map(|i| {
+            let start = Instant::now();
+            f(i);
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// The physical floor: read every byte scoring reads (rows and scales), nothing else.
+fn read_all(rows: &[i8], scales: &[f32]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut chunks = rows.chunks_exact(64);
+    for c in &mut chunks {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let w: [u8; 8] = std::array::from_fn(|b| c[j * 8 + b] as u8);
+            *a = a.wrapping_add(u64::from_le_bytes(w));
+        }
+    }
+    let s: f32 = scales.iter().sum();
+    acc.iter().fold(chunks.remainder().len() as u64 + s.to_bits() as u64, |x, y| x.wrapping_add(*y))
+}
+
+struct Row {
+    n: usize,
+    d: usize,
+    threads: usize,
+    kernel: &'static str,
+    int8_1t: f64,
+    int8_mt: f64,
+    f32_1t: f64,
+    floor: f64,
+    recall: f64,
+}
+
+fn run(n: usize, d: usize, items: &[f32], users: &[f32], a: &Args) -> Result<Row, String> {
+    let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let shard = CatalogShard::from_f32("bench", ids, d, items).map_err(|e| e.to_string())?;
+    let view = shard.view();
+    let queries: Vec<QuantizedVector> =
+        users.chunks_exact(d).map(|u| quantize(u).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let nq = queries.len();
+    let k = 10;
+    let floor = time_ms(a.queries, |_| {
+        black_box(read_all(black_box(view.rows()), black_box(view.scales())));
+    });
+    let int8_1t = time_ms(a.queries, |i| {
+        black_box(score::top_k(view, &queries[i % nq], k));
+    });
+    let int8_mt = time_ms(a.queries, |i| {
+        black_box(score::top_k_threads(view, &queries[i % nq], k, a.threads));
+    });
+    let f32_1t = time_ms(a.queries.min(15), |i| {
+        black_box(score::exact_top_k(items, d, &users[(i % nq) * d..(i % nq + 1) * d], k));
+    });
+    let mut recall = 0.0;
+    for (i, q) in queries.iter().enumerate() {
+        let exact: Vec<Hit> = score::exact_top_k(items, d, &users[i * d..(i + 1) * d], k);
+        recall += score::recall(&score::top_k(view, q, k), &exact);
+    }
+    Ok(Row { n, d, threads: a.threads, kernel: score::cpu_kernel(), int8_1t, int8_mt, f32_1t, floor, recall: recall / nq as f64 })
+}
+
+fn main() {
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("scoring bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut rows = vec![];
+    let mut configs = vec![];
+    if let Some(path) = &a.data {
+        match read_data(path) {
+            Ok(c) => configs.push(c),
+            Err(e) => {
+                eprintln!("scoring bench: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let generated = a.data.is_none();
+    let plan: Vec<(usize, usize)> = if generated { a.ns.iter().flat_map(|&n| a.ds.iter().map(move |&d| (n, d))).collect() } else { vec![] };
+    let total = configs.len() + plan.len();
+    let mut do_row = |n: usize, d: usize, items: &[f32], users: &[f32]| {
+        eprintln!("[{}/{total}] n={n} d={d} ...", rows.len() + 1);
+        match run(n, d, items, users, &a) {
+            Ok(r) => {
+                if a.json {
+                    println!(
+                        "{{\"n\":{},\"d\":{},\"threads\":{},\"kernel\":\"{}\",\"hearth_int8_ms\":{:.4},\"hearth_int8_mt_ms\":{:.4},\"hearth_f32_ms\":{:.4},\"floor_ms\":{:.4},\"int8_over_floor\":{:.3},\"recall_at_10\":{:.4}}}",
+                        r.n, r.d, r.threads, r.kernel, r.int8_1t, r.int8_mt, r.f32_1t, r.floor, r.int8_1t / r.floor, r.recall
+                    );
+                }
+                rows.push(r);
+            }
+            Err(e) => {
+                eprintln!("scoring bench: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
+    for (n, d, items, users) in &configs {
+        do_row(*n, *d, items, users);
+    }
+    for (n, d) in plan {
+        let seed = (n * 1000 + d) as u64;
+        let items = score::gaussian(seed, n * d);
+        let users = score::gaussian(seed + 1, 32 * d);
+        do_row(n, d, &items, &users);
+    }
+    if !a.json {
+        println!(
+            "{:>9} {:>4} {:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} {:>10} | {:>9}",
+            "n", "d", "kernel", "floor ms", "int8 1t", "int8 all", "f32 1t", "int8/floor", "f32/int8", "1t/all", "recall@10"
+        );
+        for r in &rows {
+            println!(
+                "{:>9} {:>4} {:>8} | {:>10.3} {:>10.3} {:>10.3} {:>10.3} | {:>10.2} {:>10.2} {:>10.2} | {:>9.4}",
+                r.n, r.d, r.kernel, r.floor, r.int8_1t, r.int8_mt, r.f32_1t, r.int8_1t / r.floor, r.f32_1t / r.int8_1t, r.int8_1t / r.int8_mt, r.recall
+            );
+        }
+        println!("(per-query medians; 'all' = {} threads; floor = one plain read of the int8 rows and scales)", a.threads);
+    }
+}

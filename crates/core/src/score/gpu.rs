@@ -1,0 +1,415 @@
+//! The GPU scorer: WGSL compute kernels on a caller-provided wgpu device (native Vulkan/Metal/DX12
+//! or the browser's WebGPU), returning the same hits as [`super::reference_top_k`].
+//!
+//! The catalog is uploaded once ([`GpuScorer::new`]), rows padded to whole u32 words, split into
+//! chunks that fit the device's storage-binding limit. A query costs one upload of the packed
+//! query, one `score_select` dispatch per chunk (score 1024 items per workgroup, keep the best
+//! `k`), `select` passes until one workgroup's best `k` remain, and a read-back of `k` hits.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use wgpu::util::DeviceExt;
+
+use super::{Hit, finish};
+use crate::quant::{CatalogView, QuantizedVector};
+
+const SOURCE: &str = include_str!("gpu.wgsl");
+/// Items (or candidates) one workgroup handles.
+const SEG: u64 = 1024;
+/// Largest `k` the GPU scorer selects (a quarter of a segment, so every pass shrinks the set).
+pub const MAX_GPU_K: usize = 256;
+const EMPTY: u32 = u32::MAX;
+
+/// Which dot-product kernel to compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// `dot4I8Packed` (WGSL `packed_4x8_integer_dot_product`).
+    Packed,
+    /// Unpacking with `extractBits`, for adapters without the extension.
+    Unpacked,
+}
+
+impl Kernel {
+    /// The packed kernel when the instance's WGSL implementation has the extension.
+    pub fn best_for(instance: &wgpu::Instance) -> Kernel {
+        if instance.wgsl_language_features().contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct) {
+            Kernel::Packed
+        } else {
+            Kernel::Unpacked
+        }
+    }
+
+    fn dot4(self) -> &'static str {
+        match self {
+            Kernel::Packed => "fn dot4(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }\n",
+            Kernel::Unpacked => concat!(
+                "fn dot4(a: u32, b: u32) -> i32 {\n",
+                "    let x = bitcast<i32>(a);\n    let y = bitcast<i32>(b);\n",
+                "    let xa = vec4<i32>(extractBits(x, 0u, 8u), extractBits(x, 8u, 8u), extractBits(x, 16u, 8u), extractBits(x, 24u, 8u));\n",
+                "    let ya = vec4<i32>(extractBits(y, 0u, 8u), extractBits(y, 8u, 8u), extractBits(y, 16u, 8u), extractBits(y, 24u, 8u));\n",
+                "    return dot(xa, ya);\n}\n"
+            ),
+        }
+    }
+}
+
+/// Why the GPU scorer could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GpuError {
+    /// No GPU adapter is available.
+    #[error("no GPU adapter available: {0}")]
+    NoAdapter(String),
+    /// The device rejected a shader, pipeline or buffer (the message is wgpu's).
+    #[error("the GPU device rejected the scorer: {0}")]
+    Device(String),
+    /// One item row is larger than the device's storage-binding limit.
+    #[error("an item row of {row} bytes does not fit the device's {limit}-byte storage binding")]
+    TooWide {
+        /// Bytes per row.
+        row: u64,
+        /// The device limit.
+        limit: u64,
+    },
+    /// `k` above [`MAX_GPU_K`].
+    #[error("k = {0} is above the GPU scorer's maximum of {MAX_GPU_K}")]
+    KTooLarge(usize),
+    /// The query's width is not the catalog's.
+    #[error("query has {found} values, the catalog {expected}")]
+    QueryWidth {
+        /// Catalog width.
+        expected: usize,
+        /// Query width.
+        found: usize,
+    },
+    /// Reading the results back failed.
+    #[error("reading results back from the GPU failed: {0}")]
+    Readback(String),
+}
+
+/// Opens the first high-performance adapter of `instance` with its own limits (the defaults cap
+/// storage bindings far below what most adapters allow). Errors if there is none.
+pub async fn request_device(instance: &wgpu::Instance) -> Result<(wgpu::Device, wgpu::Queue, wgpu::AdapterInfo), GpuError> {
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() })
+        .await
+        .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("hearth"),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| GpuError::Device(e.to_string()))?;
+    Ok((device, queue, adapter.get_info()))
+}
+
+struct Chunk {
+    items: wgpu::Buffer,
+    scales: wgpu::Buffer,
+    params: wgpu::Buffer,
+    n: u32,
+    base: u32,
+    segments: u32,
+}
+
+/// A catalog resident on a GPU, ready to score queries.
+pub struct GpuScorer {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    kernel: Kernel,
+    score: wgpu::ComputePipeline,
+    select: wgpu::ComputePipeline,
+    query: wgpu::Buffer,
+    chunks: Vec<Chunk>,
+    dim: usize,
+    words: u32,
+    len: usize,
+}
+
+/// Packs int8 values four to a little-endian u32, zero-padding the last word.
+fn pack(values: &[i8], words: usize) -> Vec<u32> {
+    (0..words)
+        .map(|w| {
+            let b: [u8; 4] = std::array::from_fn(|j| values.get(w * 4 + j).map_or(0, |&v| v as u8));
+            u32::from_le_bytes(b)
+        })
+        .collect()
+}
+
+fn bytes_of_u32(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn bytes_of_f32(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Workgroup grid for `groups` workgroups (x at most 65535, the WebGPU default limit).
+fn grid(groups: u32) -> (u32, u32) {
+    if groups <= 65535 { (groups.max(1), 1) } else { (65535, groups.div_ceil(65535)) }
+}
+
+impl GpuScorer {
+    /// Uploads `view` to `device` and compiles the kernels.
+    pub async fn new(device: &wgpu::Device, queue: &wgpu::Queue, view: CatalogView<'_>, kernel: Kernel) -> Result<Self, GpuError> {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let built = Self::build(device, queue, view, kernel);
+        if let Some(e) = scope.pop().await {
+            return Err(GpuError::Device(e.to_string()));
+        }
+        built
+    }
+
+    fn build(device: &wgpu::Device, queue: &wgpu::Queue, view: CatalogView<'_>, kernel: Kernel) -> Result<Self, GpuError> {
+        let (common, rest) = SOURCE.split_once("// @@ score").ok_or(GpuError::Device("scorer source lacks its score section".into()))?;
+        let (score_src, select_src) = rest.split_once("// @@ select").ok_or(GpuError::Device("scorer source lacks its select section".into()))?;
+        let module = |label: &str, body: &str, with_dot: bool| {
+            let mut src = String::from(common);
+            if with_dot {
+                src.push_str(kernel.dot4());
+            }
+            src.push_str(body);
+            device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(Cow::Owned(src)) })
+        };
+        let pipeline = |m: &wgpu::ShaderModule, entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: m,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let score = pipeline(&module("hearth score", score_src, true), "score_select");
+        let select = pipeline(&module("hearth select", select_src, false), "select");
+
+        let dim = view.dim();
+        let words = dim.div_ceil(4);
+        let row_bytes = (words * 4) as u64;
+        let limit = (device.limits().max_storage_buffer_binding_size as u64).min(device.limits().max_buffer_size);
+        if row_bytes > limit {
+            return Err(GpuError::TooWide { row: row_bytes, limit });
+        }
+        // Whole segments per chunk, as many as the binding limit allows.
+        let per_chunk = ((limit / row_bytes) / SEG * SEG).max(SEG.min(limit / row_bytes)) as usize;
+        let mut chunks = vec![];
+        let mut start = 0;
+        while start < view.len() {
+            let end = (start + per_chunk).min(view.len());
+            let part = view.slice(start..end);
+            let mut packed = Vec::with_capacity((end - start) * words);
+            for i in 0..part.len() {
+                packed.extend(pack(part.row(i), words));
+            }
+            let n = (end - start) as u32;
+            chunks.push(Chunk {
+                items: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("hearth items"),
+                    contents: &bytes_of_u32(&packed),
+                    usage: wgpu::BufferUsages::STORAGE,
+                }),
+                scales: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("hearth scales"),
+                    contents: &bytes_of_f32(part.scales()),
+                    usage: wgpu::BufferUsages::STORAGE,
+                }),
+                params: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("hearth score params"),
+                    size: 32,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                n,
+                base: start as u32,
+                segments: n.div_ceil(SEG as u32),
+            });
+            start = end;
+        }
+        let query = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("hearth query"),
+            size: row_bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        queue.submit([]);
+        Ok(GpuScorer { device: device.clone(), queue: queue.clone(), kernel, score, select, query, chunks, dim, words: words as u32, len: view.len() })
+    }
+
+    /// The kernel this scorer compiled.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the catalog is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The best `k` items for `q`, best first: the same hits as [`super::reference_top_k`].
+    pub async fn top_k(&self, q: &QuantizedVector, k: usize) -> Result<Vec<Hit>, GpuError> {
+        if q.values.len() != self.dim {
+            return Err(GpuError::QueryWidth { expected: self.dim, found: q.values.len() });
+        }
+        if k > MAX_GPU_K {
+            return Err(GpuError::KTooLarge(k));
+        }
+        if k == 0 || self.len == 0 {
+            return Ok(vec![]);
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let ran = self.dispatch(q, k);
+        let error = scope.pop().await;
+        let staging = ran?;
+        if let Some(e) = error {
+            return Err(GpuError::Device(e.to_string()));
+        }
+        let bytes = read_back(&self.device, &staging).await?;
+        let hits = bytes
+            .chunks_exact(8)
+            .map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]), u32::from_le_bytes([c[4], c[5], c[6], c[7]])))
+            .filter(|&(_, index)| index != EMPTY)
+            .map(|(score, index)| Hit { index, score })
+            .collect();
+        Ok(finish(hits, q.scale))
+    }
+
+    fn dispatch(&self, q: &QuantizedVector, k: usize) -> Result<wgpu::Buffer, GpuError> {
+        let (device, queue) = (&self.device, &self.queue);
+        let k32 = k as u32;
+        queue.write_buffer(&self.query, 0, &bytes_of_u32(&pack(&q.values, self.words as usize)));
+        let segments: u32 = self.chunks.iter().map(|c| c.segments).sum();
+        let cand_buffer = |count: u64, label: &str| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: count.max(1) * 8,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        let mut current = cand_buffer(segments as u64 * k as u64, "hearth candidates");
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hearth top-k") });
+        let mut out_offset = 0u32;
+        for c in &self.chunks {
+            let params = [c.n, self.words, c.base, k32, out_offset, 0, 0, 0];
+            queue.write_buffer(&c.params, 0, &bytes_of_u32(&params));
+            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("hearth score"),
+                layout: &self.score.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: c.params.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: c.items.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: c.scales.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 3, resource: self.query.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 4, resource: current.as_entire_binding() },
+                ],
+            });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("hearth score"), timestamp_writes: None });
+            pass.set_pipeline(&self.score);
+            pass.set_bind_group(0, &bind, &[]);
+            let (x, y) = grid(c.segments);
+            pass.dispatch_workgroups(x, y, 1);
+            drop(pass);
+            out_offset += c.segments * k32;
+        }
+        // Reduce: each pass keeps the best k of every SEG candidates.
+        let mut m = segments * k32;
+        let mut groups = segments;
+        while groups > 1 {
+            groups = m.div_ceil(SEG as u32);
+            let next = cand_buffer(groups as u64 * k as u64, "hearth candidates");
+            let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("hearth select params"),
+                contents: &bytes_of_u32(&[m, k32, 0, 0]),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("hearth select"),
+                layout: &self.select.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: current.as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: next.as_entire_binding() },
+                ],
+            });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("hearth select"), timestamp_writes: None });
+            pass.set_pipeline(&self.select);
+            pass.set_bind_group(0, &bind, &[]);
+            let (x, y) = grid(groups);
+            pass.dispatch_workgroups(x, y, 1);
+            drop(pass);
+            current = next;
+            m = groups * k32;
+        }
+        let size = k as u64 * 8;
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("hearth read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(&current, 0, &staging, 0, size);
+        queue.submit([encoder.finish()]);
+        Ok(staging)
+    }
+}
+
+/// Maps `buffer` for reading and returns its bytes. Natively this polls the device until the map
+/// completes; in a browser the future resolves when WebGPU calls back.
+async fn read_back(device: &wgpu::Device, buffer: &wgpu::Buffer) -> Result<Vec<u8>, GpuError> {
+    let state: Arc<Mutex<MapState>> = Arc::default();
+    let cb_state = state.clone();
+    buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        if let Ok(mut s) = cb_state.lock() {
+            s.result = Some(r.map_err(|e| e.to_string()));
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    });
+    #[cfg(not(target_family = "wasm"))]
+    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Readback(e.to_string()))?;
+    #[cfg(target_family = "wasm")]
+    let _ = device;
+    MapFuture { state }.await.map_err(GpuError::Readback)?;
+    let bytes = buffer.slice(..).get_mapped_range().to_vec();
+    buffer.unmap();
+    Ok(bytes)
+}
+
+#[derive(Default)]
+struct MapState {
+    result: Option<Result<(), String>>,
+    waker: Option<Waker>,
+}
+
+struct MapFuture {
+    state: Arc<Mutex<MapState>>,
+}
+
+impl Future for MapFuture {
+    type Output = Result<(), String>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(mut s) = self.state.lock() else {
+            return Poll::Ready(Err("map state poisoned".into()));
+        };
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
