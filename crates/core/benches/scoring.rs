@@ -63,7 +63,7 @@ fn args() -> Result<Args, String> {
 fn read_data(path: &str) -> Result<(usize, usize, Vec<f32>, Vec<f32>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     let mut pos = 0;
-    let mut u32_at = |pos: &mut usize| -> Result<usize, String> {
+    let u32_at = |pos: &mut usize| -> Result<usize, String> {
         let b = bytes.get(*pos..*pos + 4).ok_or(format!("{path}: truncated"))?;
         *pos += 4;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
@@ -81,32 +81,25 @@ fn read_data(path: &str) -> Result<(usize, usize, Vec<f32>, Vec<f32>), String> {
     Ok((n, d, items, queries))
 }
 
-/// Median per-call time in milliseconds (one warm-up call first).
-fn time_ms(reps: usize, mut f: impl FnMut(usize)) -> f64 {
-    f(0);
-    let mut t: Vec<f64> = (0..reps)
-        .map(|i| {
+/// Median per-call times in milliseconds of several contenders, measured interleaved (round
+/// `r` runs each contender once, in turn) so that a slow moment of the machine hits all of them
+/// alike and their ratios stay fair. One warm-up round first.
+fn time_interleaved<const C: usize>(reps: usize, f: &mut [&mut dyn FnMut(usize); C]) -> [f64; C] {
+    let mut times = vec![Vec::with_capacity(reps); C];
+    for r in 0..=reps {
+        for (c, g) in f.iter_mut().enumerate() {
             let start = Instant::now();
-            f(i);
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
-
-/// The physical floor: read every byte scoring reads (rows and scales), nothing else.
-fn read_all(rows: &[i8], scales: &[f32]) -> u64 {
-    let mut acc = [0u64; 8];
-    let mut chunks = rows.chunks_exact(64);
-    for c in &mut chunks {
-        for (j, a) in acc.iter_mut().enumerate() {
-            let w: [u8; 8] = std::array::from_fn(|b| c[j * 8 + b] as u8);
-            *a = a.wrapping_add(u64::from_le_bytes(w));
+            g(r);
+            if r > 0 {
+                times[c].push(start.elapsed().as_secs_f64() * 1e3);
+            }
         }
     }
-    let s: f32 = scales.iter().sum();
-    acc.iter().fold(chunks.remainder().len() as u64 + s.to_bits() as u64, |x, y| x.wrapping_add(*y))
+    std::array::from_fn(|c| {
+        let t = &mut times[c];
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    })
 }
 
 struct Row {
@@ -118,6 +111,7 @@ struct Row {
     int8_mt: f64,
     f32_1t: f64,
     floor: f64,
+    floor_mt: f64,
     recall: f64,
 }
 
@@ -129,24 +123,42 @@ fn run(n: usize, d: usize, items: &[f32], users: &[f32], a: &Args) -> Result<Row
         users.chunks_exact(d).map(|u| quantize(u).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
     let nq = queries.len();
     let k = 10;
-    let floor = time_ms(a.queries, |_| {
-        black_box(read_all(black_box(view.rows()), black_box(view.scales())));
-    });
-    let int8_1t = time_ms(a.queries, |i| {
-        black_box(score::top_k(view, &queries[i % nq], k));
-    });
-    let int8_mt = time_ms(a.queries, |i| {
-        black_box(score::top_k_threads(view, &queries[i % nq], k, a.threads));
-    });
-    let f32_1t = time_ms(a.queries.min(15), |i| {
-        black_box(score::exact_top_k(items, d, &users[(i % nq) * d..(i % nq + 1) * d], k));
-    });
+    let parts = a.threads.max(1);
+    let part = n.div_ceil(parts);
+    let [floor, floor_mt, int8_1t, int8_mt] = time_interleaved(
+        a.queries,
+        &mut [
+            &mut |_| {
+                black_box(score::memory_floor(black_box(view)));
+            },
+            &mut |_| {
+                use rayon::prelude::*;
+                let r: u32 = (0..parts)
+                    .into_par_iter()
+                    .map(|t| score::memory_floor(view.slice((t * part).min(n)..((t + 1) * part).min(n))))
+                    .reduce(|| 0, |x, y| x | y);
+                black_box(r);
+            },
+            &mut |i| {
+                black_box(score::top_k(view, &queries[i % nq], k));
+            },
+            &mut |i| {
+                black_box(score::top_k_threads(view, &queries[i % nq], k, a.threads));
+            },
+        ],
+    );
+    let [f32_1t] = time_interleaved(
+        a.queries.min(15),
+        &mut [&mut |i| {
+            black_box(score::exact_top_k(items, d, &users[(i % nq) * d..(i % nq + 1) * d], k));
+        }],
+    );
     let mut recall = 0.0;
     for (i, q) in queries.iter().enumerate() {
         let exact: Vec<Hit> = score::exact_top_k(items, d, &users[i * d..(i + 1) * d], k);
         recall += score::recall(&score::top_k(view, q, k), &exact);
     }
-    Ok(Row { n, d, threads: a.threads, kernel: score::cpu_kernel(), int8_1t, int8_mt, f32_1t, floor, recall: recall / nq as f64 })
+    Ok(Row { n, d, threads: a.threads, kernel: score::cpu_kernel(), int8_1t, int8_mt, f32_1t, floor, floor_mt, recall: recall / nq as f64 })
 }
 
 fn main() {
@@ -177,8 +189,8 @@ fn main() {
             Ok(r) => {
                 if a.json {
                     println!(
-                        "{{\"n\":{},\"d\":{},\"threads\":{},\"kernel\":\"{}\",\"hearth_int8_ms\":{:.4},\"hearth_int8_mt_ms\":{:.4},\"hearth_f32_ms\":{:.4},\"floor_ms\":{:.4},\"int8_over_floor\":{:.3},\"recall_at_10\":{:.4}}}",
-                        r.n, r.d, r.threads, r.kernel, r.int8_1t, r.int8_mt, r.f32_1t, r.floor, r.int8_1t / r.floor, r.recall
+                        "{{\"n\":{},\"d\":{},\"threads\":{},\"kernel\":\"{}\",\"hearth_int8_ms\":{:.4},\"hearth_int8_mt_ms\":{:.4},\"hearth_f32_ms\":{:.4},\"floor_ms\":{:.4},\"floor_mt_ms\":{:.4},\"int8_over_floor\":{:.3},\"recall_at_10\":{:.4}}}",
+                        r.n, r.d, r.threads, r.kernel, r.int8_1t, r.int8_mt, r.f32_1t, r.floor, r.floor_mt, r.int8_1t / r.floor, r.recall
                     );
                 }
                 rows.push(r);
@@ -200,15 +212,19 @@ fn main() {
     }
     if !a.json {
         println!(
-            "{:>9} {:>4} {:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} {:>10} | {:>9}",
-            "n", "d", "kernel", "floor ms", "int8 1t", "int8 all", "f32 1t", "int8/floor", "f32/int8", "1t/all", "recall@10"
+            "{:>9} {:>4} {:>6} | {:>8} {:>8} {:>8} {:>9} {:>8} | {:>10} {:>9} {:>8} {:>7} | {:>9}",
+            "n", "d", "kernel", "floor 1t", "int8 1t", "f32 1t", "floor all", "int8 all", "int8/floor", "all/floor", "f32/int8", "1t/all", "recall@10"
         );
         for r in &rows {
             println!(
-                "{:>9} {:>4} {:>8} | {:>10.3} {:>10.3} {:>10.3} {:>10.3} | {:>10.2} {:>10.2} {:>10.2} | {:>9.4}",
-                r.n, r.d, r.kernel, r.floor, r.int8_1t, r.int8_mt, r.f32_1t, r.int8_1t / r.floor, r.f32_1t / r.int8_1t, r.int8_1t / r.int8_mt, r.recall
+                "{:>9} {:>4} {:>6} | {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3} | {:>10.2} {:>9.2} {:>8.2} {:>7.2} | {:>9.4}",
+                r.n, r.d, r.kernel, r.floor, r.int8_1t, r.f32_1t, r.floor_mt, r.int8_mt,
+                r.int8_1t / r.floor, r.int8_mt / r.floor_mt, r.f32_1t / r.int8_1t, r.int8_1t / r.int8_mt, r.recall
             );
         }
-        println!("(per-query medians; 'all' = {} threads; floor = one plain read of the int8 rows and scales)", a.threads);
+        println!(
+            "(ms per query, medians of interleaved runs, k = 10; 'all' = {} threads; floor = a plain read of the int8 rows and scales)",
+            a.threads
+        );
     }
 }

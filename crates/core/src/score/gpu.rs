@@ -193,7 +193,7 @@ impl GpuScorer {
         let dim = view.dim();
         let words = dim.div_ceil(4);
         let row_bytes = (words * 4) as u64;
-        let limit = (device.limits().max_storage_buffer_binding_size as u64).min(device.limits().max_buffer_size);
+        let limit = device.limits().max_storage_buffer_binding_size.min(device.limits().max_buffer_size);
         if row_bytes > limit {
             return Err(GpuError::TooWide { row: row_bytes, limit });
         }

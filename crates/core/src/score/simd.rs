@@ -34,6 +34,18 @@ pub(super) fn scan(view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
     scan_portable(view, q, base, top)
 }
 
+/// Reads every byte of the view (rows and scales) once with the widest loads available, doing
+/// nothing but OR-ing them together: the memory floor any scorer of this view must pay.
+pub(super) fn read_floor(view: CatalogView<'_>) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked just above).
+        return unsafe { avx2::read_floor(view) };
+    }
+    let rows = view.rows().iter().fold(0u8, |a, &b| a | b as u8) as u32;
+    view.scales().iter().fold(rows, |a, s| a | s.to_bits())
+}
+
 /// The portable kernel: a plain integer loop.
 pub(super) fn scan_portable(view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
     let scales = view.scales();
@@ -75,6 +87,28 @@ mod avx2 {
         acc
     }
 
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn read_floor(view: CatalogView<'_>) -> u32 {
+        let rows = view.rows();
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let blocks = rows.len() / 128;
+        for b in 0..blocks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `b * 128 + j * 32 + 32 <= blocks * 128 <= rows.len()`.
+                *a = _mm256_or_si256(*a, unsafe { _mm256_loadu_si256(rows.as_ptr().add(b * 128 + j * 32).cast()) });
+            }
+        }
+        let v = _mm256_or_si256(_mm256_or_si256(acc[0], acc[1]), _mm256_or_si256(acc[2], acc[3]));
+        let mut lanes = [0u32; 8];
+        // SAFETY: `lanes` is 32 writable bytes.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v) };
+        let tail = rows[blocks * 128..].iter().fold(0u32, |a, &b| a | b as u8 as u32);
+        let scales = view.scales().iter().fold(0u32, |a, s| a | s.to_bits());
+        lanes.iter().fold(tail | scales, |a, &l| a | l)
+    }
+
     /// Reduces eight accumulators to one vector of their eight sums.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -89,6 +123,9 @@ mod avx2 {
         let hi = _mm256_permute2x128_si256::<0x31>(h0123, h4567);
         _mm256_add_epi32(lo, hi)
     }
+
+    /// How far ahead of the scan to prefetch.
+    const PREFETCH_BYTES: usize = 2048;
 
     /// Sum of one row against a query held in registers (`C` chunks of 32 bytes).
     ///
@@ -124,6 +161,14 @@ mod avx2 {
         let blocks = n / 8;
         for blk in 0..blocks {
             let first = blk * 8;
+            // Ask for the rows 2 KiB ahead: the scan keeps more cache-line fills in flight than
+            // the hardware prefetcher alone (1e6 x 64 on this machine: 1.21 -> 1.03 x the
+            // memory-read floor). A prefetch never faults, even past the end of `rows`, so the
+            // address is computed with wrapping arithmetic and never dereferenced.
+            let ahead = rows.as_ptr().wrapping_add(first * dim + PREFETCH_BYTES);
+            for line in 0..(8 * dim / 64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+            }
             // SAFETY: item `first + j < n` has `dim` bytes at `(first + j) * dim` inside `rows`.
             let acc: [__m256i; 8] = std::array::from_fn(|j| unsafe { row_acc_fixed::<C>(rows.as_ptr().add((first + j) * dim), &qv) });
             // SAFETY: `scales[first..first + 8]` is in bounds.
@@ -204,14 +249,14 @@ mod avx2 {
             offer8(_mm256_mul_ps(_mm256_cvtepi32_ps(dots), s), base + first as u32, top);
         }
         // The last n % 8 items, one by one, with the same arithmetic.
-        for i in blocks * 8..n {
+        for (i, &scale) in scales.iter().enumerate().skip(blocks * 8) {
             // SAFETY: as above for item `i < n`.
             let acc = unsafe { row_acc(rows.as_ptr().add(i * dim), q.as_ptr(), chunks) };
             let mut lanes = [0i32; 8];
             // SAFETY: `lanes` is 32 writable bytes.
             unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
             let dot = lanes.iter().sum::<i32>() + tail_dot(i);
-            let score = dot as f32 * scales[i];
+            let score = dot as f32 * scale;
             if score > top.threshold() {
                 top.offer(Hit { index: base + i as u32, score });
             }
