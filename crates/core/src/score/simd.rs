@@ -204,7 +204,7 @@ mod avx2 {
     /// AVX2 must be available.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn scan(view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
-        // SAFETY (all three): AVX2 is available, this function's contract.
+        // SAFETY (each arm): AVX2 is available (this function's contract) and each callee needs nothing else.
         match view.dim() {
             32 => unsafe { scan_fixed::<1>(view, q, base, top) },
             64 => unsafe { scan_fixed::<2>(view, q, base, top) },
