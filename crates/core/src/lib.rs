@@ -9,6 +9,7 @@
 //! - [`bundle`]: a model directory as verified bytes (manifest, parameters, catalog).
 //! - [`quant`]: int8 quantization and the `CatalogShard` format.
 //! - [`score`]: catalog scoring and top-k: reference, CPU SIMD, GPU (feature `gpu`).
+//! - [`vault`]: AES-256-GCM sealing at rest; passphrase (PBKDF2) and device keys; rotation.
 //! - `model` (feature `model`): the two-tower model in burn, generic over the backend.
 //!
 //! ```
@@ -32,5 +33,6 @@ pub mod data;
 pub mod eval;
 pub mod quant;
 pub mod score;
+pub mod vault;
 #[cfg(feature = "model")]
 pub mod model;
