@@ -7,8 +7,10 @@
 //! - [`eval`]: HR@K / NDCG@K under sampled and full-ranking protocols, coverage.
 //! - [`artifact`]: the model manifest and the `TensorFile` parameter format.
 //! - [`bundle`]: a model directory as verified bytes (manifest, parameters, catalog).
+//! - [`history`]: a person's history as an automerge document (record, forget, wipe, profile).
 //! - [`quant`]: int8 quantization and the `CatalogShard` format.
 //! - [`score`]: catalog scoring and top-k: reference, CPU SIMD, GPU (feature `gpu`).
+//! - [`sync`]: end-to-end encrypted automerge sync between a person's devices; pairing.
 //! - [`vault`]: AES-256-GCM sealing at rest; passphrase (PBKDF2) and device keys; rotation.
 //! - `model` (feature `model`): the two-tower model in burn, generic over the backend.
 //!
@@ -31,8 +33,10 @@ pub mod artifact;
 pub mod bundle;
 pub mod data;
 pub mod eval;
+pub mod history;
 pub mod quant;
 pub mod score;
+pub mod sync;
 pub mod vault;
 #[cfg(feature = "model")]
 pub mod model;
