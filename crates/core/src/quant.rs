@@ -153,6 +153,18 @@ fn offset(e: QuantError, base: usize) -> QuantError {
     }
 }
 
+/// `items` rows of `dim` values must hold exactly `values` values, with `dim` in `1..=MAX_DIM`.
+fn check_shape(dim: usize, items: usize, values: usize) -> Result<(), QuantError> {
+    if dim == 0 || dim > MAX_DIM {
+        return Err(QuantError::Shape(format!("dimension {dim} is not in 1..={MAX_DIM}")));
+    }
+    if items.checked_mul(dim) != Some(values) {
+        let need = items.saturating_mul(dim);
+        return Err(QuantError::Shape(format!("{items} items of {dim} values need {need} values, found {values}")));
+    }
+    Ok(())
+}
+
 /// Validated int8 rows and scales, borrowed: what the scorers read.
 ///
 /// Invariants (checked by [`CatalogView::new`]): `rows.len() == scales.len() * dim`, no row value
@@ -167,17 +179,7 @@ pub struct CatalogView<'a> {
 impl<'a> CatalogView<'a> {
     /// Checks the invariants once, so scoring need not.
     pub fn new(dim: usize, scales: &'a [f32], rows: &'a [i8]) -> Result<Self, QuantError> {
-        if dim == 0 || dim > MAX_DIM {
-            return Err(QuantError::Shape(format!("dimension {dim} is not in 1..={MAX_DIM}")));
-        }
-        if scales.len().checked_mul(dim) != Some(rows.len()) {
-            return Err(QuantError::Shape(format!(
-                "{} rows of {dim} values need {} values, found {}",
-                scales.len(),
-                scales.len().saturating_mul(dim),
-                rows.len()
-            )));
-        }
+        check_shape(dim, scales.len(), rows.len())?;
         if let Some(index) = rows.iter().position(|&v| v == i8::MIN) {
             return Err(QuantError::OutOfRange { index });
         }
@@ -242,17 +244,7 @@ pub struct CatalogShard {
 impl CatalogShard {
     /// Quantizes `values` (`ids.len() × dim`, item-major) into a shard.
     pub fn from_f32(model_version: &str, ids: Vec<String>, dim: usize, values: &[f32]) -> Result<Self, QuantError> {
-        if dim == 0 || dim > MAX_DIM {
-            return Err(QuantError::Shape(format!("dimension {dim} is not in 1..={MAX_DIM}")));
-        }
-        if ids.len().checked_mul(dim) != Some(values.len()) {
-            return Err(QuantError::Shape(format!(
-                "{} items of {dim} values need {} values, found {}",
-                ids.len(),
-                ids.len().saturating_mul(dim),
-                values.len()
-            )));
-        }
+        check_shape(dim, ids.len(), values.len())?;
         let mut rows = vec![0i8; values.len()];
         let mut scales = Vec::with_capacity(ids.len());
         for (i, (src, dst)) in values.chunks_exact(dim).zip(rows.chunks_exact_mut(dim)).enumerate() {
