@@ -2,14 +2,30 @@
 //!
 //! Layout of the document's root map (every key is written by one device only, so concurrent
 //! edits never hide each other's objects):
-//! - `"format"` = `"hearth-history"`, `"version"` = 1;
+//! - `"format"` = `"hearth-history"`, `"version"` = 1, `"epoch"` (number) and `"epoch_id"`
+//!   (8 random bytes): written once when the document is made (see *Compaction*);
 //! - `"e:<device>:<seq:016x>:<nonce:08x>"` → an event map `{item, kind, value?, ts, device,
 //!   hour?, ctx: {key: value}}` (immutable once written);
-//! - `"f:<item>:<device>:<seq:016x>"` → forget tombstone, the time of the forget (ms): the item's
-//!   events with `ts` ≤ the latest tombstone are removed wherever they are seen, including events
-//!   that arrive later by sync from a device that recorded them before the forget;
+//! - `"s:<device>:<item>"` → a summary map `{item, device, upto, first, last, n_<kind>…,
+//!   rating?, rating_ts?}`: every event of that device and item with `seq` ≤ `upto`, folded;
+//! - `"f:<hash>:<device>:<seq:016x>"` → forget tombstone, the time of the forget (ms), filed under
+//!   a hash of the item id (the id itself is gone once compacted): the item's events with `ts` ≤ the
+//!   latest tombstone, and its summaries that fold any such event, are removed wherever they are
+//!   seen, including copies that arrive later from a device that recorded them before the forget;
+//! - `"w:<device>:<seq:016x>"` → wipe mark, the time of a wipe: a forget of every item;
 //! - `"p:age_band"`, `"p:locale"` (the profile, used only on the device) and
 //!   `"c:federated"`, `"c:privacy_budget"` (settings): last writer wins.
+//!
+//! # Compaction
+//!
+//! automerge keeps every change, deleted values included, so [`History::compact`] starts a new
+//! *epoch*: a fresh document holding only the live state, with old events folded into per-device,
+//! per-item summaries (a prefix of that device's events of the item, by sequence number, so two
+//! devices that fold concurrently agree: the summary with the larger `upto` folds a superset).
+//! Forgotten events and the old change history are not in what is saved afterwards. A replica
+//! still on an older epoch [adopts](History::adopt) the newer snapshot and carries over
+//! whatever it has that the snapshot neither holds nor folds nor forgets (its offline edits);
+//! [`crate::sync`] does this handshake. Concurrent compactions are ordered by `(epoch, epoch_id)`.
 //!
 //! ```
 //! use hearth_core::history::{History, Kind};
@@ -22,7 +38,7 @@
 //! assert_eq!(again.events()[0].item, "movie-2");
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ReadDoc, ScalarValue, Value, ROOT};
@@ -33,6 +49,8 @@ pub const HISTORY_FORMAT: &str = "hearth-history";
 pub const HISTORY_VERSION: i64 = 1;
 /// Longest item id, device name or context string accepted.
 pub const MAX_STRING: usize = 512;
+/// Kind names in [`Summary::counts`] / [`ItemSignal::counts`] order.
+pub const KIND_NAMES: [&str; 8] = ["view", "play", "like", "dislike", "skip", "rate", "add", "remove"];
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +74,20 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Position in [`KIND_NAMES`].
+    pub fn index(self) -> usize {
+        match self {
+            Kind::View => 0,
+            Kind::Play => 1,
+            Kind::Like => 2,
+            Kind::Dislike => 3,
+            Kind::Skip => 4,
+            Kind::Rate(_) => 5,
+            Kind::Add => 6,
+            Kind::Remove => 7,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::View => "view",
@@ -103,6 +135,114 @@ pub struct Event {
     pub context: BTreeMap<String, String>,
 }
 
+/// Which generation of the document a replica holds: compaction starts a new one. Ordered by
+/// number, then id (so concurrent compactions agree on a winner).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch {
+    /// 0 for an empty replica that has not received a document yet; 1 for a new history.
+    pub number: u64,
+    /// Random, chosen by the replica that started the epoch.
+    pub id: [u8; 8],
+}
+
+/// Events of one item recorded on one device, folded by compaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The item.
+    pub item: String,
+    /// The device that recorded the events.
+    pub device: String,
+    /// Every event of this device and item with a sequence number ≤ `upto` is folded in.
+    pub upto: u64,
+    /// Time of the oldest folded event.
+    pub first: i64,
+    /// Time of the newest folded event.
+    pub last: i64,
+    /// Events per kind, in [`KIND_NAMES`] order.
+    pub counts: [u64; 8],
+    /// The newest rating folded in, and its time.
+    pub rating: Option<(f64, i64)>,
+}
+
+impl Summary {
+    fn fold(&mut self, e: &Event, seq: u64) {
+        self.upto = self.upto.max(seq);
+        self.first = self.first.min(e.ts);
+        self.last = self.last.max(e.ts);
+        self.counts[e.kind.index()] += 1;
+        if let Kind::Rate(v) = e.kind
+            && self.rating.is_none_or(|(_, t)| e.ts >= t)
+        {
+            self.rating = Some((v, e.ts));
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("s:{}:{}", self.device, self.item)
+    }
+}
+
+/// Everything the history holds about one item, live events and summaries together: what the
+/// user tower and ranking read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemSignal {
+    /// The item.
+    pub item: String,
+    /// Events per kind, in [`KIND_NAMES`] order.
+    pub counts: [u64; 8],
+    /// Time of the first event.
+    pub first: i64,
+    /// Time of the latest event.
+    pub last: i64,
+    /// The latest rating.
+    pub rating: Option<f64>,
+}
+
+impl ItemSignal {
+    /// More engagement (view, play, like, rate, add) than rejection (dislike, skip, remove).
+    pub fn is_positive(&self) -> bool {
+        let c = &self.counts;
+        c[0] + c[1] + c[2] + c[5] + c[6] > c[3] + c[4] + c[7]
+    }
+}
+
+/// What forgets and wipes cover: an item's events with `ts` ≤ the time.
+#[derive(Default)]
+struct Forgets {
+    by_hash: HashMap<String, i64>,
+    wiped: Option<i64>,
+}
+
+impl Forgets {
+    fn is_empty(&self) -> bool {
+        self.by_hash.is_empty() && self.wiped.is_none()
+    }
+
+    fn covers(&self, item: &str, ts: i64) -> bool {
+        self.wiped.is_some_and(|w| ts <= w) || (!self.by_hash.is_empty() && self.by_hash.get(&item_hash(item)).is_some_and(|&t| ts <= t))
+    }
+}
+
+/// The name a forget tombstone files an item under: the item id is not kept.
+fn item_hash(item: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, [b"hearth forget v1\0".as_slice(), item.as_bytes()].concat().as_slice());
+    crate::data::hex(&d.as_ref()[..16])
+}
+
+fn seq_of_event_key(key: &str) -> Option<u64> {
+    // "e:<device>:<seq>:<nonce>"
+    let mut parts = key.rsplitn(3, ':');
+    let (_nonce, seq) = (parts.next()?, parts.next()?);
+    u64::from_str_radix(seq, 16).ok()
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], HistoryError> {
+    let mut b = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| HistoryError::BadValue("the system random generator failed"))?;
+    Ok(b)
+}
+
 /// The person's profile (used only on their devices).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
@@ -148,6 +288,19 @@ pub enum HistoryError {
     Doc(String),
 }
 
+/// What [`History::compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// Events folded into summaries.
+    pub folded: usize,
+    /// Live events kept as they are.
+    pub kept: usize,
+    /// Summaries in the new document.
+    pub summaries: usize,
+    /// The new epoch.
+    pub epoch: Epoch,
+}
+
 fn doc_err(e: automerge::AutomergeError) -> HistoryError {
     HistoryError::Doc(e.to_string())
 }
@@ -166,14 +319,68 @@ pub struct History {
     next_seq: u64,
 }
 
+fn folded(summaries: &HashMap<(String, String), Summary>, e: &Event) -> bool {
+    // Summaries are few per device; the key lookup allocates, so check the cheap part first.
+    !summaries.is_empty()
+        && summaries
+            .get(&(e.device.clone(), e.item.clone()))
+            .is_some_and(|s| seq_of_event_key(&e.id).is_some_and(|seq| seq <= s.upto))
+}
+
+fn fresh_doc(epoch: Epoch) -> AutoCommit {
+    let mut doc = AutoCommit::new();
+    // Root scalars of a new document: written once, by the replica that makes it.
+    let _ = doc.put(ROOT, "format", HISTORY_FORMAT);
+    let _ = doc.put(ROOT, "version", HISTORY_VERSION);
+    let _ = doc.put(ROOT, "epoch", epoch.number);
+    let _ = doc.put(ROOT, "epoch_id", ScalarValue::Bytes(epoch.id.to_vec()));
+    doc
+}
+
+fn write_event(d: &mut AutoCommit, ev: &Event) -> Result<(), HistoryError> {
+    let e = d.put_object(ROOT, ev.id.as_str(), ObjType::Map).map_err(doc_err)?;
+    d.put(&e, "item", ev.item.as_str()).map_err(doc_err)?;
+    d.put(&e, "kind", ev.kind.name()).map_err(doc_err)?;
+    if let Kind::Rate(v) = ev.kind {
+        d.put(&e, "value", v).map_err(doc_err)?;
+    }
+    d.put(&e, "ts", ev.ts).map_err(doc_err)?;
+    d.put(&e, "device", ev.device.as_str()).map_err(doc_err)?;
+    if let Some(h) = ev.hour {
+        d.put(&e, "hour", h as i64).map_err(doc_err)?;
+    }
+    let ctx = d.put_object(&e, "ctx", ObjType::Map).map_err(doc_err)?;
+    for (k, v) in &ev.context {
+        d.put(&ctx, k.as_str(), v.as_str()).map_err(doc_err)?;
+    }
+    Ok(())
+}
+
+fn write_summary(d: &mut AutoCommit, s: &Summary) -> Result<(), HistoryError> {
+    let key = s.key();
+    let m = d.put_object(ROOT, key.as_str(), ObjType::Map).map_err(doc_err)?;
+    d.put(&m, "item", s.item.as_str()).map_err(doc_err)?;
+    d.put(&m, "device", s.device.as_str()).map_err(doc_err)?;
+    d.put(&m, "upto", s.upto).map_err(doc_err)?;
+    d.put(&m, "first", s.first).map_err(doc_err)?;
+    d.put(&m, "last", s.last).map_err(doc_err)?;
+    for (c, name) in s.counts.iter().zip(KIND_NAMES) {
+        if *c > 0 {
+            d.put(&m, format!("n_{name}").as_str(), *c).map_err(doc_err)?;
+        }
+    }
+    if let Some((v, t)) = s.rating {
+        d.put(&m, "rating", v).map_err(doc_err)?;
+        d.put(&m, "rating_ts", t).map_err(doc_err)?;
+    }
+    Ok(())
+}
+
 impl History {
     /// A new, empty history created on `device`.
     pub fn new(device: &str) -> History {
-        let mut doc = AutoCommit::new();
-        // Root scalars: concurrent creators write equal values, so any winner is right.
-        let _ = doc.put(ROOT, "format", HISTORY_FORMAT);
-        let _ = doc.put(ROOT, "version", HISTORY_VERSION);
-        History { doc, device: device.to_owned(), next_seq: 0 }
+        let id = random_bytes().unwrap_or_default();
+        History { doc: fresh_doc(Epoch { number: 1, id }), device: device.to_owned(), next_seq: 0 }
     }
 
     /// An empty replica for a new device, to be filled by sync (no root values of its own).
@@ -188,6 +395,16 @@ impl History {
         h.check_format()?;
         h.next_seq = h.max_seq_of(device).map_or(0, |s| s + 1);
         Ok(h)
+    }
+
+    /// The document's epoch ([`Epoch::default`] for an empty replica).
+    pub fn epoch(&self) -> Epoch {
+        let number = self.scalar("epoch").and_then(|v| v.to_u64()).unwrap_or(0);
+        let id = match self.scalar("epoch_id") {
+            Some(ScalarValue::Bytes(b)) if b.len() == 8 => std::array::from_fn(|i| b[i]),
+            _ => [0; 8],
+        };
+        Epoch { number, id }
     }
 
     /// Errors unless the document declares the hearth history format this build reads.
@@ -207,12 +424,27 @@ impl History {
         }
     }
 
+    /// The highest sequence number `device` has used: in its events, tombstones, wipe marks and
+    /// the summaries of its events (so a reloaded device never reuses one, even after compaction).
     fn max_seq_of(&self, device: &str) -> Option<u64> {
-        let prefix = format!("e:{device}:");
-        self.doc
-            .keys(ROOT)
-            .filter_map(|k| k.strip_prefix(&prefix).and_then(|r| r.split(':').next()).and_then(|s| u64::from_str_radix(s, 16).ok()))
-            .max()
+        let (e, w) = (format!("e:{device}:"), format!("w:{device}:"));
+        let f_suffix = format!(":{device}:");
+        let mut max = self.summaries().into_iter().filter(|s| s.device == device).map(|s| s.upto).max();
+        for k in self.doc.keys(ROOT) {
+            let seq = if let Some(r) = k.strip_prefix(&e) {
+                r.split(':').next()
+            } else if let Some(r) = k.strip_prefix(&w) {
+                Some(r)
+            } else if k.starts_with("f:") {
+                k.rsplit_once(':').filter(|(head, _)| head.ends_with(&f_suffix[..f_suffix.len() - 1])).map(|(_, s)| s)
+            } else {
+                None
+            };
+            if let Some(s) = seq.and_then(|s| u64::from_str_radix(s, 16).ok()) {
+                max = max.max(Some(s));
+            }
+        }
+        max
     }
 
     /// Saves the whole document (automerge's compressed format, with its change history).
@@ -240,7 +472,7 @@ impl History {
         context: &[(&str, &str)],
     ) -> Result<String, HistoryError> {
         check(item, "item id")?;
-        check(&self.device, "device name")?;
+        self.check_device()?;
         if let Kind::Rate(v) = kind
             && !v.is_finite()
         {
@@ -253,42 +485,96 @@ impl History {
             check(k, "context key")?;
             check(v, "context value")?;
         }
-        let mut nonce = [0u8; 4];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-            .map_err(|_| HistoryError::BadValue("the system random generator failed"))?;
+        let nonce: [u8; 4] = random_bytes()?;
         let id = format!("e:{}:{:016x}:{:08x}", self.device, self.next_seq, u32::from_le_bytes(nonce));
-        let d = &mut self.doc;
-        let e = d.put_object(ROOT, id.as_str(), ObjType::Map).map_err(doc_err)?;
-        d.put(&e, "item", item).map_err(doc_err)?;
-        d.put(&e, "kind", kind.name()).map_err(doc_err)?;
-        if let Kind::Rate(v) = kind {
-            d.put(&e, "value", v).map_err(doc_err)?;
-        }
-        d.put(&e, "ts", ts).map_err(doc_err)?;
-        d.put(&e, "device", self.device.as_str()).map_err(doc_err)?;
-        if let Some(h) = hour {
-            d.put(&e, "hour", h as i64).map_err(doc_err)?;
-        }
-        let ctx = d.put_object(&e, "ctx", ObjType::Map).map_err(doc_err)?;
-        for (k, v) in context {
-            d.put(&ctx, *k, *v).map_err(doc_err)?;
-        }
+        let event = Event {
+            id: id.clone(),
+            item: item.to_owned(),
+            kind,
+            ts,
+            device: self.device.clone(),
+            hour,
+            context: context.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        write_event(&mut self.doc, &event)?;
         self.next_seq += 1;
         Ok(id)
     }
 
-    /// Latest forget time per item, from every tombstone.
-    fn forgotten(&self) -> BTreeMap<String, i64> {
-        let mut out: BTreeMap<String, i64> = BTreeMap::new();
-        for k in self.doc.keys(ROOT).filter(|k| k.starts_with("f:")) {
-            // "f:<item>:<device>:<seq>": the item may itself contain ':'.
-            let mut parts = k[2..].rsplitn(3, ':');
-            let (_seq, _dev, item) = (parts.next(), parts.next(), parts.next());
-            let (Some(item), Some(ts)) = (item, self.scalar(&k).and_then(|v| v.to_i64())) else { continue };
-            let e = out.entry(item.to_owned()).or_insert(i64::MIN);
-            *e = (*e).max(ts);
+    fn check_device(&self) -> Result<(), HistoryError> {
+        check(&self.device, "device name")?;
+        if self.device.contains(':') {
+            return Err(HistoryError::BadValue("a device name must not contain ':'"));
+        }
+        Ok(())
+    }
+
+    /// Latest forget time per item hash, from every tombstone, and the latest wipe.
+    fn forgets(&self) -> Forgets {
+        let mut out = Forgets::default();
+        for k in self.doc.keys(ROOT) {
+            let Some(ts) = (if k.starts_with("f:") || k.starts_with("w:") { self.scalar(&k).and_then(|v| v.to_i64()) } else { None }) else {
+                continue;
+            };
+            if k.starts_with("w:") {
+                out.wiped = out.wiped.max(Some(ts));
+            } else if let Some(hash) = k[2..].split(':').next() {
+                let e = out.by_hash.entry(hash.to_owned()).or_insert(i64::MIN);
+                *e = (*e).max(ts);
+            }
         }
         out
+    }
+
+    /// The summary stored under `key`: where concurrent writers left several, the one folding the
+    /// most (largest `upto`, then most events).
+    fn read_summary(&self, key: &str) -> Option<Summary> {
+        let all = self.doc.get_all(ROOT, key).ok()?;
+        all.into_iter()
+            .filter_map(|(v, obj)| match v {
+                Value::Object(ObjType::Map) => self.parse_summary(&obj),
+                _ => None,
+            })
+            .max_by_key(|s| (s.upto, s.counts.iter().sum::<u64>()))
+    }
+
+    fn parse_summary(&self, obj: &automerge::ObjId) -> Option<Summary> {
+        let get = |k: &str| match self.doc.get(obj, k) {
+            Ok(Some((Value::Scalar(s), _))) => Some(s.into_owned()),
+            _ => None,
+        };
+        let mut counts = [0u64; 8];
+        for (c, name) in counts.iter_mut().zip(KIND_NAMES) {
+            *c = get(&format!("n_{name}")).and_then(|v| v.to_u64()).unwrap_or(0);
+        }
+        let rating = match (get("rating").and_then(|v| v.to_f64()), get("rating_ts").and_then(|v| v.to_i64())) {
+            (Some(v), Some(t)) if v.is_finite() => Some((v, t)),
+            _ => None,
+        };
+        Some(Summary {
+            item: get("item")?.to_str()?.to_owned(),
+            device: get("device")?.to_str()?.to_owned(),
+            upto: get("upto")?.to_u64()?,
+            first: get("first")?.to_i64()?,
+            last: get("last")?.to_i64()?,
+            counts,
+            rating,
+        })
+    }
+
+    /// Every summary (one per device and item), ordered by key.
+    pub fn summaries(&self) -> Vec<Summary> {
+        let forgets = self.forgets();
+        self.doc
+            .keys(ROOT)
+            .filter(|k| k.starts_with("s:"))
+            .filter_map(|k| self.read_summary(&k))
+            .filter(|s| !forgets.covers(&s.item, s.first))
+            .collect()
+    }
+
+    fn summary_map(&self) -> HashMap<(String, String), Summary> {
+        self.summaries().into_iter().map(|s| ((s.device.clone(), s.item.clone()), s)).collect()
     }
 
     fn read_event(&self, id: &str) -> Option<Event> {
@@ -324,13 +610,14 @@ impl History {
     /// Every live event (forgotten ones excluded), oldest first (ties by id). Entries that do not
     /// parse as events (from a newer or damaged writer) are skipped.
     pub fn events(&self) -> Vec<Event> {
-        let forgotten = self.forgotten();
+        let forgets = self.forgets();
+        let summaries = self.summary_map();
         let mut out: Vec<Event> = self
             .doc
             .keys(ROOT)
             .filter(|k| k.starts_with("e:"))
             .filter_map(|k| self.read_event(&k))
-            .filter(|e| forgotten.get(&e.item).is_none_or(|&t| e.ts > t))
+            .filter(|e| !forgets.covers(&e.item, e.ts) && !folded(&summaries, e))
             .collect();
         out.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.id.cmp(&b.id)));
         out
@@ -346,39 +633,200 @@ impl History {
 
     /// Forgets `item` everywhere: its events with `ts` ≤ `now` are deleted here, and the
     /// tombstone makes every replica delete them too, including copies that arrive later.
+    ///
+    /// The item's summaries that fold any such event go too (a summary cannot be split: when a
+    /// forget reaches a device only after it folded later events of the item, those go with it).
+    /// The deleted values stay in automerge's change history until [`History::compact`].
     pub fn forget(&mut self, item: &str, now: i64) -> Result<(), HistoryError> {
         check(item, "item id")?;
-        let key = format!("f:{item}:{}:{:016x}", self.device, self.next_seq);
+        self.check_device()?;
+        let key = format!("f:{}:{}:{:016x}", item_hash(item), self.device, self.next_seq);
         self.next_seq += 1;
         self.doc.put(ROOT, key.as_str(), now).map_err(doc_err)?;
         self.sweep()
     }
 
-    /// Deletes every event a tombstone covers (call after receiving changes).
+    /// Deletes every event and summary a tombstone or wipe covers, and every event a summary
+    /// folds (call after receiving changes).
     pub fn sweep(&mut self) -> Result<(), HistoryError> {
-        let forgotten = self.forgotten();
-        if forgotten.is_empty() {
+        let forgets = self.forgets();
+        let summaries = self.summary_map();
+        if forgets.is_empty() && summaries.is_empty() {
             return Ok(());
         }
-        let doomed: Vec<String> = self
-            .doc
-            .keys(ROOT)
-            .filter(|k| k.starts_with("e:"))
-            .filter(|k| self.read_event(k).is_some_and(|e| forgotten.get(&e.item).is_some_and(|&t| e.ts <= t)))
-            .collect();
+        let mut doomed = vec![];
+        for k in self.doc.keys(ROOT) {
+            let gone = if k.starts_with("e:") {
+                self.read_event(&k).is_some_and(|e| forgets.covers(&e.item, e.ts) || folded(&summaries, &e))
+            } else if k.starts_with("s:") {
+                self.read_summary(&k).is_some_and(|s| forgets.covers(&s.item, s.first))
+            } else {
+                false
+            };
+            if gone {
+                doomed.push(k);
+            }
+        }
         for k in doomed {
             self.doc.delete(ROOT, k.as_str()).map_err(doc_err)?;
         }
         Ok(())
     }
 
-    /// Deletes every event, tombstone, profile and setting (the format marker stays).
-    pub fn wipe(&mut self) -> Result<(), HistoryError> {
-        let keys: Vec<String> = self.doc.keys(ROOT).filter(|k| k != "format" && k != "version").collect();
-        for k in keys {
-            self.doc.delete(ROOT, k.as_str()).map_err(doc_err)?;
+    /// Deletes everything: events, summaries, profile and settings (other replicas delete their
+    /// copies of events up to `now` when they learn of it), then compacts, so nothing of it
+    /// remains in what is saved.
+    pub fn wipe(&mut self, now: i64) -> Result<(), HistoryError> {
+        self.check_device()?;
+        let key = format!("w:{}:{:016x}", self.device, self.next_seq);
+        self.next_seq += 1;
+        self.doc.put(ROOT, key.as_str(), now).map_err(doc_err)?;
+        for k in ["p:age_band", "p:locale", "c:federated", "c:privacy_budget"] {
+            self.doc.delete(ROOT, k).map_err(doc_err)?;
         }
+        self.sweep()?;
+        self.compact(usize::MAX).map(|_| ())
+    }
+
+    /// Folds all but the `keep_recent` newest live events into per-device, per-item summaries
+    /// and starts a new epoch: a fresh document with only the live state (no change history, no
+    /// deleted values). Other replicas adopt it through sync.
+    ///
+    /// For each device and item, only a prefix of its events by sequence number is folded (the
+    /// longest whose events are all among the old ones), which keeps concurrent compactions
+    /// consistent.
+    pub fn compact(&mut self, keep_recent: usize) -> Result<Compacted, HistoryError> {
+        self.sweep()?;
+        let events = self.events(); // oldest first
+        let old = events.len().saturating_sub(keep_recent);
+        let mut summaries = self.summary_map();
+        // Per device and item: events by sequence, and whether each is old enough to fold.
+        let mut runs: BTreeMap<(&str, &str), Vec<(u64, usize)>> = BTreeMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let Some(seq) = seq_of_event_key(&e.id) else { continue };
+            runs.entry((e.device.as_str(), e.item.as_str())).or_default().push((seq, i));
+        }
+        let mut fold = vec![false; events.len()];
+        for ((device, item), mut run) in runs {
+            run.sort_unstable();
+            for &(seq, i) in run.iter().take_while(|&&(_, i)| i < old) {
+                let s = summaries.entry((device.to_owned(), item.to_owned())).or_insert_with(|| Summary {
+                    item: item.to_owned(),
+                    device: device.to_owned(),
+                    upto: seq,
+                    first: i64::MAX,
+                    last: i64::MIN,
+                    counts: [0; 8],
+                    rating: None,
+                });
+                s.fold(&events[i], seq);
+                fold[i] = true;
+            }
+        }
+        let mut number = self.epoch().number + 1;
+        number = number.max(1);
+        let epoch = Epoch { number, id: random_bytes()? };
+        let mut doc = fresh_doc(epoch);
+        for (e, _) in events.iter().zip(&fold).filter(|(_, f)| !**f) {
+            write_event(&mut doc, e)?;
+        }
+        for s in summaries.values() {
+            write_summary(&mut doc, s)?;
+        }
+        for k in self.doc.keys(ROOT) {
+            if k.starts_with("f:") || k.starts_with("w:") || k.starts_with("p:") || k.starts_with("c:") {
+                if let Some(v) = self.scalar(&k) {
+                    doc.put(ROOT, k.as_str(), v).map_err(doc_err)?;
+                }
+            }
+        }
+        self.doc = doc;
+        let folded = fold.iter().filter(|f| **f).count();
+        Ok(Compacted { folded, kept: events.len() - folded, summaries: summaries.len(), epoch })
+    }
+
+    /// Replaces this replica's document by `snapshot` (a newer epoch's saved document from
+    /// another replica), carrying over what only this replica has: events the snapshot neither
+    /// holds, folds nor forgets, summaries that fold more than the snapshot's, tombstones and
+    /// wipe marks, and profile or settings the snapshot lacks (unless it was wiped since).
+    pub fn adopt(&mut self, snapshot: &[u8]) -> Result<(), HistoryError> {
+        self.adopt_history(History::load(snapshot, &self.device)?)
+    }
+
+    /// [`History::adopt`] for a snapshot already loaded. Errors leave this replica unchanged.
+    pub fn adopt_history(&mut self, mut s: History) -> Result<(), HistoryError> {
+        s.device.clone_from(&self.device);
+        let (sf, ss) = (s.forgets(), s.summary_map());
+        let newly_wiped = s.doc.keys(ROOT).any(|k| k.starts_with("w:") && self.scalar(&k).is_none());
+        for e in self.events() {
+            let held = s.doc.get(ROOT, e.id.as_str()).ok().flatten().is_some();
+            if !held && !sf.covers(&e.item, e.ts) && !folded(&ss, &e) {
+                write_event(&mut s.doc, &e)?;
+            }
+        }
+        for mine in self.summaries() {
+            let theirs = ss.get(&(mine.device.clone(), mine.item.clone()));
+            let carry = match theirs {
+                Some(t) => mine.upto > t.upto,
+                None => !sf.covers(&mine.item, mine.first),
+            };
+            if carry {
+                write_summary(&mut s.doc, &mine)?;
+            }
+        }
+        for k in self.doc.keys(ROOT) {
+            let carry = if k.starts_with("f:") || k.starts_with("w:") {
+                true
+            } else {
+                (k.starts_with("p:") || k.starts_with("c:")) && !newly_wiped
+            };
+            if carry && s.scalar(&k).is_none() && let Some(v) = self.scalar(&k) {
+                s.doc.put(ROOT, k.as_str(), v).map_err(doc_err)?;
+            }
+        }
+        s.next_seq = s.next_seq.max(self.next_seq);
+        s.sweep()?;
+        *self = s;
         Ok(())
+    }
+
+    /// Every item with its live events and summaries combined, oldest `last` first (ties by id).
+    pub fn items(&self) -> Vec<ItemSignal> {
+        let mut by_item: BTreeMap<String, ItemSignal> = BTreeMap::new();
+        let mut rating_ts: HashMap<String, i64> = HashMap::new();
+        let mut add = |item: &str, counts: &[u64; 8], first: i64, last: i64, rating: Option<(f64, i64)>| {
+            let s = by_item.entry(item.to_owned()).or_insert_with(|| ItemSignal {
+                item: item.to_owned(),
+                counts: [0; 8],
+                first,
+                last,
+                rating: None,
+            });
+            for (a, b) in s.counts.iter_mut().zip(counts) {
+                *a += b;
+            }
+            s.first = s.first.min(first);
+            s.last = s.last.max(last);
+            if let Some((v, t)) = rating {
+                let rt = rating_ts.entry(item.to_owned()).or_insert(i64::MIN);
+                if t >= *rt {
+                    *rt = t;
+                    s.rating = Some(v);
+                }
+            }
+        };
+        for s in self.summaries() {
+            add(&s.item, &s.counts, s.first, s.last, s.rating);
+        }
+        for e in self.events() {
+            let mut counts = [0; 8];
+            counts[e.kind.index()] = 1;
+            let rating = if let Kind::Rate(v) = e.kind { Some((v, e.ts)) } else { None };
+            add(&e.item, &counts, e.ts, e.ts, rating);
+        }
+        let mut out: Vec<ItemSignal> = by_item.into_values().collect();
+        out.sort_by(|a, b| a.last.cmp(&b.last).then_with(|| a.item.cmp(&b.item)));
+        out
     }
 
     /// The profile.
@@ -449,8 +897,9 @@ mod tests {
         // The reloaded device continues its sequence instead of reusing ids.
         let id = back.record("c", Kind::Add, 60, None, &[]).unwrap();
         assert!(!h.events().iter().any(|e| e.id == id));
-        back.wipe().unwrap();
+        back.wipe(70).unwrap();
         assert!(back.events().is_empty());
+        assert!(back.items().is_empty());
         assert_eq!(back.profile(), Profile::default());
         back.check_format().unwrap();
     }
@@ -478,5 +927,75 @@ mod tests {
         assert!(a.events().is_empty(), "hidden at once");
         a.sweep().unwrap();
         assert!(!a.doc_mut().keys(ROOT).any(|k| k.starts_with("e:")), "and deleted by the sweep");
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn compaction_folds_old_events_and_drops_forgotten_ones_from_the_saved_bytes() {
+        let mut h = History::new("phone");
+        for i in 0..300i64 {
+            let kind = if i % 3 == 0 { Kind::Rate((i % 5) as f64) } else { Kind::Play };
+            h.record(&format!("film-{}", i % 7), kind, 1000 + i, None, &[]).unwrap();
+        }
+        h.record("secret-film", Kind::Like, 2000, None, &[]).unwrap();
+        h.forget("secret-film", 2001).unwrap();
+        assert!(contains(&h.doc.save_nocompress(), "secret-film"), "automerge keeps deleted values until compaction");
+        let before = h.items();
+        let epoch = h.epoch();
+        let c = h.compact(20).unwrap();
+        assert_eq!((c.folded, c.kept, c.summaries), (280, 20, 7));
+        assert!(c.epoch > epoch);
+        assert_eq!(h.events().len(), 20);
+        assert_eq!(h.items(), before, "counts, first/last and the latest rating survive folding");
+        let saved = h.save();
+        assert!(!contains(&h.doc.save_nocompress(), "secret-film"));
+        // A reloaded device continues after every sequence number it ever used.
+        let mut back = History::load(&saved, "phone").unwrap();
+        assert_eq!(back.items(), before);
+        let id = back.record("film-1", Kind::Play, 5000, None, &[]).unwrap();
+        assert!(back.events().iter().any(|e| e.id == id), "a new event is not taken for a folded one");
+        // Forgetting a folded item removes its summary.
+        back.forget("film-1", 6000).unwrap();
+        assert!(back.items().iter().all(|s| s.item != "film-1"));
+        back.compact(0).unwrap();
+        assert!(!contains(&back.doc.save_nocompress(), "film-1"));
+        assert_eq!(back.items().len(), 6);
+    }
+
+    #[test]
+    fn a_stale_replica_adopts_a_compacted_snapshot_and_keeps_its_offline_edits() {
+        let mut a = History::new("a");
+        for i in 0..50 {
+            a.record(&format!("film-{}", i % 5), Kind::Play, i, None, &[]).unwrap();
+        }
+        let mut b = History::load(&a.save(), "b").unwrap();
+        // Offline: b records and forgets; a records more, then compacts.
+        b.record("film-1", Kind::Like, 100, None, &[]).unwrap();
+        b.forget("film-2", 101).unwrap();
+        b.set_profile(&Profile { age_band: Some("25-34".into()), locale: None }).unwrap();
+        a.record("film-9", Kind::Add, 102, None, &[]).unwrap();
+        a.compact(3).unwrap();
+        assert!(a.epoch() > b.epoch());
+        let snapshot = a.save();
+        b.adopt(&snapshot).unwrap();
+        assert_eq!(b.epoch(), a.epoch());
+        let items: BTreeMap<String, u64> = b.items().into_iter().map(|s| (s.item, s.counts.iter().sum())).collect();
+        assert_eq!(items.get("film-1"), Some(&11), "b's like is carried over");
+        assert_eq!(items.get("film-2"), None, "b's forget applies to a's summary");
+        assert_eq!(items.get("film-9"), Some(&1));
+        assert_eq!(b.profile().age_band.as_deref(), Some("25-34"));
+        // a and b are one document again: sync by merging changes.
+        a.doc_mut().merge(b.doc_mut()).unwrap();
+        a.sweep().unwrap();
+        assert_eq!(a.items(), b.items());
+        // A wipe reaches replicas that adopt it.
+        let mut c = History::load(&a.save(), "c").unwrap();
+        c.record("film-3", Kind::View, 50, None, &[]).unwrap(); // before the wipe's time
+        a.wipe(200).unwrap();
+        c.adopt(&a.save()).unwrap();
+        assert!(c.items().is_empty() && c.profile() == Profile::default());
     }
 }

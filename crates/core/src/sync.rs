@@ -3,7 +3,10 @@
 //! Each replica keeps an automerge sync [`automerge::sync::State`] per other replica. Every
 //! message that leaves a replica is an [`Envelope`]: `b"HRTHSYNC"` · version u8 (=1) · group id
 //! (16 bytes) · nonce (12) · AES-256-GCM ciphertext of `sender id (16) · recipient id (16) ·
-//! counter u64 · automerge sync message`, with the clear header as associated data. A relay
+//! counter u64 · sender's epoch (number u64, id 8) · kind u8 · payload`, with the clear header as
+//! associated data. The payload is an automerge sync message (kind 0) or, for a peer on an older
+//! epoch (see [`crate::history`]'s compaction), the whole compacted document (kind 1), which
+//! that peer [adopts](History::adopt) before syncing on as usual. A relay
 //! stores and forwards envelopes by group id and learns nothing else: not the sender, not the
 //! recipient, not the contents. Keys come from the group secret through HKDF-SHA256 (separate
 //! labels for the group id and the message key). Messages for another group are refused before
@@ -21,7 +24,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{agreement, digest, hkdf};
 
-use crate::history::History;
+use crate::history::{Epoch, History};
 
 /// Magic bytes of a sync envelope.
 pub const SYNC_MAGIC: &[u8; 8] = b"HRTHSYNC";
@@ -30,7 +33,9 @@ pub const SYNC_VERSION: u8 = 1;
 /// Largest envelope accepted (16 MiB).
 pub const MAX_ENVELOPE: usize = 16 << 20;
 const HEADER: usize = 8 + 1 + 16 + NONCE_LEN;
-const INNER: usize = 16 + 16 + 8;
+const INNER: usize = 16 + 16 + 8 + 8 + 8 + 1;
+const KIND_SYNC: u8 = 0;
+const KIND_SNAPSHOT: u8 = 1;
 
 /// A replica's id inside its group (random, not derived from anything about the person).
 pub type ReplicaId = [u8; 16];
@@ -144,8 +149,14 @@ impl Group {
         Ok(out)
     }
 
-    /// Checks and decrypts an envelope: `(sender, recipient, counter, message bytes)`.
-    pub fn open(&self, envelope: &[u8]) -> Result<(ReplicaId, ReplicaId, u64, Vec<u8>), SyncError> {
+    /// Seals `inner` (the plaintext layout in the module docs) as an envelope of this group.
+    /// Replicas build their own; this is for tests and fuzzing of the receiving side.
+    pub fn seal_raw(&self, inner: &[u8]) -> Result<Vec<u8>, SyncError> {
+        self.seal(inner)
+    }
+
+    /// Checks and decrypts an envelope.
+    pub fn open(&self, envelope: &[u8]) -> Result<Opened, SyncError> {
         if envelope.len() > MAX_ENVELOPE {
             return Err(SyncError::TooLarge(envelope.len()));
         }
@@ -164,11 +175,41 @@ impl Group {
             .aead()
             .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&envelope[..HEADER]), &mut body)
             .map_err(|_| SyncError::Tampered)?;
-        let sender = std::array::from_fn(|i| plain[i]);
-        let recipient = std::array::from_fn(|i| plain[16 + i]);
-        let counter = u64::from_le_bytes(std::array::from_fn(|i| plain[32 + i]));
-        Ok((sender, recipient, counter, plain[INNER..].to_vec()))
+        if plain.len() < INNER {
+            return Err(SyncError::BadMessage("shorter than its header".into()));
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(std::array::from_fn(|i| plain[at + i]));
+        let snapshot = match plain[56] {
+            KIND_SYNC => false,
+            KIND_SNAPSHOT => true,
+            k => return Err(SyncError::BadMessage(format!("unknown message kind {k}"))),
+        };
+        Ok(Opened {
+            sender: std::array::from_fn(|i| plain[i]),
+            recipient: std::array::from_fn(|i| plain[16 + i]),
+            counter: u64_at(32),
+            epoch: Epoch { number: u64_at(40), id: std::array::from_fn(|i| plain[48 + i]) },
+            snapshot,
+            payload: plain[INNER..].to_vec(),
+        })
     }
+}
+
+/// A decrypted envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The replica that sent it.
+    pub sender: ReplicaId,
+    /// The replica it is for.
+    pub recipient: ReplicaId,
+    /// The sender's message counter (strictly increasing).
+    pub counter: u64,
+    /// The epoch of the sender's document.
+    pub epoch: Epoch,
+    /// Whether the payload is a whole document (else an automerge sync message).
+    pub snapshot: bool,
+    /// The payload.
+    pub payload: Vec<u8>,
 }
 
 /// The group id of an envelope, for a relay to file it (no key needed).
@@ -179,19 +220,65 @@ pub fn envelope_group(envelope: &[u8]) -> Result<[u8; 16], SyncError> {
     Ok(std::array::from_fn(|i| envelope[9 + i]))
 }
 
+#[derive(Default)]
+struct Peer {
+    state: State,
+    /// The peer is on an older epoch: send it our document.
+    snapshot_due: bool,
+    /// The peer's epoch as its last message gave it.
+    seen: Epoch,
+    /// (our epoch, the peer's) when we last sent it a snapshot: messages it sent before that
+    /// snapshot reached it do not get a second one (the relay delivers in order).
+    snapshot_sent: Option<(Epoch, Epoch)>,
+}
+
 /// One replica's sync endpoint: its id, the group, and per-peer automerge sync states.
 pub struct Replica {
     group: Group,
     id: ReplicaId,
     counter: u64,
-    peers: HashMap<ReplicaId, State>,
+    peers: HashMap<ReplicaId, Peer>,
     last_seen: HashMap<ReplicaId, u64>,
+    /// The epoch the sync states refer to.
+    epoch: Epoch,
 }
 
 impl Replica {
     /// A new endpoint with a random id.
     pub fn new(group: Group) -> Result<Replica, SyncError> {
-        Ok(Replica { group, id: random()?, counter: 0, peers: HashMap::new(), last_seen: HashMap::new() })
+        Ok(Replica {
+            group,
+            id: random()?,
+            counter: 0,
+            peers: HashMap::new(),
+            last_seen: HashMap::new(),
+            epoch: Epoch::default(),
+        })
+    }
+
+    /// Sync states describe one document: when the history moved to another epoch (compaction
+    /// here, or adopting a snapshot), every peer starts over.
+    fn follow_epoch(&mut self, history: &History) {
+        let now = history.epoch();
+        if now != self.epoch {
+            for p in self.peers.values_mut() {
+                p.state = State::default();
+            }
+            self.epoch = now;
+        }
+    }
+
+    fn envelope(&mut self, peer: ReplicaId, kind: u8, payload: &[u8]) -> Result<Vec<u8>, SyncError> {
+        self.counter += 1;
+        let mut inner = Vec::with_capacity(INNER + payload.len());
+        inner.extend_from_slice(&self.id);
+        inner.extend_from_slice(&peer);
+        inner.extend_from_slice(&self.counter.to_le_bytes());
+        inner.extend_from_slice(&self.epoch.number.to_le_bytes());
+        inner.extend_from_slice(&self.epoch.id);
+        inner.push(kind);
+        inner.extend_from_slice(payload);
+        self.group.seal(&inner)
     }
 
     /// This replica's id.
@@ -201,34 +288,60 @@ impl Replica {
 
     /// The next envelope for `peer`, if the doc has anything to tell it.
     pub fn outgoing(&mut self, history: &mut History, peer: ReplicaId) -> Result<Option<Vec<u8>>, SyncError> {
-        let state = self.peers.entry(peer).or_default();
-        let Some(msg) = history.doc_mut().sync().generate_sync_message(state) else { return Ok(None) };
-        self.counter += 1;
-        let mut inner = Vec::with_capacity(INNER + 64);
-        inner.extend_from_slice(&self.id);
-        inner.extend_from_slice(&peer);
-        inner.extend_from_slice(&self.counter.to_le_bytes());
-        inner.extend_from_slice(&msg.encode());
-        self.group.seal(&inner).map(Some)
+        self.follow_epoch(history);
+        let p = self.peers.entry(peer).or_default();
+        if p.snapshot_due {
+            p.snapshot_due = false;
+            p.snapshot_sent = Some((self.epoch, p.seen));
+            p.state = State::default();
+            let doc = history.save();
+            return self.envelope(peer, KIND_SNAPSHOT, &doc).map(Some);
+        }
+        let Some(msg) = history.doc_mut().sync().generate_sync_message(&mut p.state) else { return Ok(None) };
+        self.envelope(peer, KIND_SYNC, &msg.encode()).map(Some)
     }
 
     /// Applies an envelope from the relay. `Ok(None)` when it is addressed to another replica
-    /// (or is this replica's own); `Ok(Some(sender))` once applied. Errors leave the document
-    /// unchanged.
+    /// (or is this replica's own); `Ok(Some(sender))` once handled. A message from a peer on an
+    /// older epoch makes the next [`Replica::outgoing`] to it a snapshot; one from a newer epoch
+    /// is applied only if it is that epoch's snapshot (else this replica announces its epoch so
+    /// the peer sends one). Errors leave the document unchanged.
     pub fn incoming(&mut self, history: &mut History, envelope: &[u8]) -> Result<Option<ReplicaId>, SyncError> {
-        let (sender, recipient, counter, bytes) = self.group.open(envelope)?;
-        if recipient != self.id || sender == self.id {
+        let m = self.group.open(envelope)?;
+        if m.recipient != self.id || m.sender == self.id {
             return Ok(None);
         }
-        if self.last_seen.get(&sender).is_some_and(|&c| counter <= c) {
+        if self.last_seen.get(&m.sender).is_some_and(|&c| m.counter <= c) {
             return Err(SyncError::Replay);
         }
-        let msg = Message::decode(&bytes).map_err(|e| SyncError::BadMessage(e.to_string()))?;
-        let state = self.peers.entry(sender).or_default();
-        history.doc_mut().sync().receive_sync_message(state, msg).map_err(|e| SyncError::BadMessage(e.to_string()))?;
-        self.last_seen.insert(sender, counter);
-        history.sweep().map_err(|e| SyncError::BadMessage(e.to_string()))?;
-        Ok(Some(sender))
+        self.follow_epoch(history);
+        let bad = |e: &dyn std::fmt::Display| SyncError::BadMessage(e.to_string());
+        match m.epoch.cmp(&self.epoch) {
+            std::cmp::Ordering::Less => {
+                let p = self.peers.entry(m.sender).or_default();
+                p.seen = m.epoch;
+                p.snapshot_due |= p.snapshot_sent != Some((self.epoch, m.epoch));
+            }
+            std::cmp::Ordering::Greater if m.snapshot => {
+                let snapshot = History::load(&m.payload, history.device()).map_err(|e| bad(&e))?;
+                if snapshot.epoch() != m.epoch {
+                    return Err(SyncError::BadMessage("the snapshot is not of the epoch it claims".into()));
+                }
+                history.adopt_history(snapshot).map_err(|e| bad(&e))?;
+                self.follow_epoch(history);
+            }
+            // Announce our epoch: a fresh state always yields a message.
+            std::cmp::Ordering::Greater => self.peers.entry(m.sender).or_default().state = State::default(),
+            std::cmp::Ordering::Equal if m.snapshot => {}
+            std::cmp::Ordering::Equal => {
+                let msg = Message::decode(&m.payload).map_err(|e| bad(&e))?;
+                let p = self.peers.entry(m.sender).or_default();
+                history.doc_mut().sync().receive_sync_message(&mut p.state, msg).map_err(|e| bad(&e))?;
+                history.sweep().map_err(|e| bad(&e))?;
+            }
+        }
+        self.last_seen.insert(m.sender, m.counter);
+        Ok(Some(m.sender))
     }
 }
 
@@ -366,5 +479,81 @@ mod tests {
         assert_eq!(rb.incoming(&mut b, &cut), Err(SyncError::Tampered));
         assert_eq!(rb.incoming(&mut b, b"HRTHSYNC\x02"), Err(SyncError::BadFormat));
         assert_eq!(envelope_group(&log[0]).unwrap(), group.id());
+    }
+
+    fn run(pairs: &mut [(&mut History, &mut Replica)]) -> usize {
+        let ids: Vec<ReplicaId> = pairs.iter().map(|(_, r)| r.id()).collect();
+        let mut snapshots = 0;
+        for round in 0..50 {
+            let mut out = vec![];
+            for (h, r) in pairs.iter_mut() {
+                for &p in &ids {
+                    if p != r.id()
+                        && let Some(m) = r.outgoing(h, p).unwrap()
+                    {
+                        out.push(m);
+                    }
+                }
+            }
+            if out.is_empty() {
+                return snapshots;
+            }
+            for m in &out {
+                snapshots += usize::from(group_of(pairs).open(m).unwrap().snapshot);
+                for (h, r) in pairs.iter_mut() {
+                    r.incoming(h, m).unwrap();
+                }
+            }
+            assert!(round < 49, "no quiescence");
+        }
+        snapshots
+    }
+
+    fn group_of(pairs: &[(&mut History, &mut Replica)]) -> Group {
+        pairs[0].1.group.clone()
+    }
+
+    #[test]
+    fn compaction_reaches_peers_as_a_snapshot_and_keeps_their_offline_edits() {
+        let group = Group::generate().unwrap();
+        let (mut a, mut b) = (History::new("a"), History::empty("b"));
+        let (mut ra, mut rb) = (Replica::new(group.clone()).unwrap(), Replica::new(group.clone()).unwrap());
+        for i in 0..40 {
+            a.record(&format!("m{}", i % 4), Kind::Play, i, None, &[]).unwrap();
+        }
+        assert_eq!(run(&mut [(&mut a, &mut ra), (&mut b, &mut rb)]), 1, "the empty replica gets one snapshot");
+        assert_eq!(b.epoch(), a.epoch());
+        // Offline: b records and forgets, a compacts.
+        b.record("m9", Kind::Like, 50, None, &[]).unwrap();
+        b.forget("m0", 51).unwrap();
+        a.compact(2).unwrap();
+        run(&mut [(&mut a, &mut ra), (&mut b, &mut rb)]);
+        assert_eq!(a.epoch(), b.epoch());
+        assert_eq!(a.items(), b.items());
+        let items: Vec<String> = a.items().into_iter().map(|s| s.item).collect();
+        assert_eq!(items, ["m1", "m2", "m3", "m9"]);
+        // More edits sync as ordinary messages.
+        a.record("m5", Kind::Add, 60, None, &[]).unwrap();
+        assert_eq!(run(&mut [(&mut a, &mut ra), (&mut b, &mut rb)]), 0);
+        assert_eq!(b.items().len(), 5);
+
+        // A snapshot that is not a history, or not of the epoch it claims, changes nothing.
+        let before = b.items();
+        let (from, to, epoch) = (ra.id, rb.id, b.epoch().number);
+        let newer = |n: u64, payload: &[u8], _: &mut Replica| {
+            let mut inner = from.to_vec();
+            inner.extend_from_slice(&to);
+            inner.extend_from_slice(&(1000 + n).to_le_bytes());
+            inner.extend_from_slice(&(epoch + n).to_le_bytes());
+            inner.extend_from_slice(&[9; 8]);
+            inner.push(KIND_SNAPSHOT);
+            inner.extend_from_slice(payload);
+            group.seal_raw(&inner).unwrap()
+        };
+        let garbage = newer(1, b"not a document", &mut ra);
+        assert!(matches!(rb.incoming(&mut b, &garbage), Err(SyncError::BadMessage(_))));
+        let mislabelled = newer(2, &a.save(), &mut ra);
+        assert!(matches!(rb.incoming(&mut b, &mislabelled), Err(SyncError::BadMessage(_))));
+        assert_eq!(b.items(), before);
     }
 }
