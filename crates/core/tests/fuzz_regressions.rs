@@ -40,3 +40,22 @@ fn shard_decode_inputs_never_panic() {
     // The corpus reaches past the checksum into valid shards, not just early rejections.
     assert!(decoded > 0, "no corpus input decodes to a shard");
 }
+
+#[test]
+fn vault_open_inputs_never_panic() {
+    use hearth_core::vault::{self, Key};
+    let all = inputs("vault_open");
+    assert!(all.len() >= 20, "the committed corpus is missing ({} inputs)", all.len());
+    let key = Key::from_device_bytes([7; 32]);
+    for (path, data) in all {
+        let _ = vault::doc_id(&data);
+        let _ = vault::open(&key, &data);
+        let sealed = vault::seal(&key, [1; 16], &data).unwrap();
+        assert_eq!(vault::open(&key, &sealed).unwrap().1, data, "{}", path.display());
+        let mut forged = sealed[..86].to_vec();
+        forged.extend_from_slice(&data);
+        if forged != sealed {
+            assert!(vault::open(&key, &forged).is_err(), "{}", path.display());
+        }
+    }
+}
