@@ -9,16 +9,17 @@ const doc = A.load(new Uint8Array(readFileSync(docPath)));
 const want = JSON.parse(readFileSync(eventsPath, "utf8"));
 
 const fail = (msg) => { console.error(`interop: ${msg}`); process.exit(1); };
-// Scalar strings written by Rust arrive as ImmutableString, integers as numbers: normalise.
+// Scalar strings written by Rust arrive as ImmutableString: normalise.
 const str = (v) => (v === undefined ? v : String(v));
 if (str(doc.format) !== "hearth-history" || Number(doc.version) !== 1) fail(`format ${doc.format} v${doc.version}`);
 
+// Each event is one JSON text value (see crates/core/src/history.rs).
 const got = Object.keys(doc).filter((k) => k.startsWith("e:")).sort().map((id) => {
-  const e = doc[id];
-  const context = Object.fromEntries(Object.entries(e.ctx ?? {}).map(([k, v]) => [k, str(v)]));
-  const out = { id, item: str(e.item), kind: str(e.kind), ts: Number(e.ts), device: str(e.device), context };
+  const e = JSON.parse(str(doc[id]));
+  const context = e.ctx ?? {};
+  const out = { id, item: e.item, kind: e.kind, ts: e.ts, device: e.device, context };
   if (e.value !== undefined) out.value = e.value;
-  if (e.hour !== undefined) out.hour = Number(e.hour);
+  if (e.hour !== undefined) out.hour = e.hour;
   return out;
 });
 const norm = (xs) => JSON.stringify(xs.map((e) => Object.fromEntries(Object.entries(e).sort())));

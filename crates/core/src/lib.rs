@@ -2,6 +2,8 @@
 //!
 //! It takes bytes, state and seeds, and returns values: no files, sockets or clocks here (those
 //! belong to the crate that owns the platform: `hearth-web`, `hearth-edge`, `hearth-aggregator`).
+//! The one exception is [`store::FileStore`], the native file store behind the [`store::Store`]
+//! trait (not built for wasm32).
 //!
 //! - [`data`]: dataset readers (MovieLens 100K layout, generic CSV), leave-one-out, negatives.
 //! - [`eval`]: HR@K / NDCG@K under sampled and full-ranking protocols, coverage.
@@ -10,6 +12,7 @@
 //! - [`history`]: a person's history as an automerge document (record, forget, wipe, profile).
 //! - [`quant`]: int8 quantization and the `CatalogShard` format.
 //! - [`score`]: catalog scoring and top-k: reference, CPU SIMD, GPU (feature `gpu`).
+//! - [`store`]: two-generation storage of sealed documents (in memory, atomic files).
 //! - [`sync`]: end-to-end encrypted automerge sync between a person's devices; pairing.
 //! - [`vault`]: AES-256-GCM sealing at rest; passphrase (PBKDF2) and device keys; rotation.
 //! - `model` (feature `model`): the two-tower model in burn, generic over the backend.
@@ -36,6 +39,7 @@ pub mod eval;
 pub mod history;
 pub mod quant;
 pub mod score;
+pub mod store;
 pub mod sync;
 pub mod vault;
 #[cfg(feature = "model")]

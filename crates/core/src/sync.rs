@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use automerge::sync::{Message, State, SyncDoc};
+use automerge::sync::{Message, State};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{agreement, digest, hkdf};
@@ -297,7 +297,7 @@ impl Replica {
             let doc = history.save();
             return self.envelope(peer, KIND_SNAPSHOT, &doc).map(Some);
         }
-        let Some(msg) = history.doc_mut().sync().generate_sync_message(&mut p.state) else { return Ok(None) };
+        let Some(msg) = history.generate_sync_message(&mut p.state) else { return Ok(None) };
         self.envelope(peer, KIND_SYNC, &msg.encode()).map(Some)
     }
 
@@ -336,8 +336,7 @@ impl Replica {
             std::cmp::Ordering::Equal => {
                 let msg = Message::decode(&m.payload).map_err(|e| bad(&e))?;
                 let p = self.peers.entry(m.sender).or_default();
-                history.doc_mut().sync().receive_sync_message(&mut p.state, msg).map_err(|e| bad(&e))?;
-                history.sweep().map_err(|e| bad(&e))?;
+                history.receive_sync_message(&mut p.state, msg).map_err(|e| bad(&e))?;
             }
         }
         self.last_seen.insert(m.sender, m.counter);
