@@ -10,6 +10,8 @@ use crate::artifact::{
     ArtifactError, DatasetInfo, ManifestMetrics, ModelDims, ModelManifest, MODEL_FORMAT_VERSION, TensorFile,
 };
 use crate::data::{self, Dataset, Item, User};
+use crate::history::History;
+use std::collections::HashMap;
 
 /// The model architecture this build serves and loads.
 pub const SERVED_ARCHITECTURE: &str = "two-tower-v1";
@@ -108,6 +110,17 @@ impl Catalog {
     }
 }
 
+/// What the user tower reads about one person, from their history and profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PersonInput {
+    /// Catalog indices of the items they engaged with (more engagement than rejection, see
+    /// [`crate::history::ItemSignal::is_positive`]), ordered by their latest interaction, oldest first.
+    pub history: Vec<u32>,
+    /// User tag indices from their profile (the age band, as `age:<band>`, when the model
+    /// knows it).
+    pub tags: Vec<u32>,
+}
+
 /// Everything in a model directory, decoded and verified.
 #[derive(Debug, Clone)]
 pub struct ModelBundle {
@@ -126,6 +139,21 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl ModelBundle {
+    /// The user tower's input for the person whose history this is. Items the catalog does not
+    /// hold (another catalog's, or retired ones) are left out.
+    pub fn person_input(&self, history: &History) -> PersonInput {
+        let index: HashMap<&str, u32> = self.catalog.items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i as u32)).collect();
+        let items = history.items();
+        let history_idx = items.iter().filter(|s| s.is_positive()).filter_map(|s| index.get(s.item.as_str()).copied()).collect();
+        let tags = history
+            .profile()
+            .age_band
+            .and_then(|band| self.catalog.user_tags.iter().position(|t| *t == format!("age:{band}")))
+            .map(|t| vec![t as u32])
+            .unwrap_or_default();
+        PersonInput { history: history_idx, tags }
+    }
+
     /// Assembles a bundle; checksums are filled in by [`ModelBundle::to_files`].
     #[allow(clippy::too_many_arguments)]
     pub fn new(

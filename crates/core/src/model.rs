@@ -329,6 +329,27 @@ impl<B: Backend> TwoTower<B> {
     /// loop's hot path).
     pub fn user_vectors(&self, batch: &UserBatch<B>) -> Tensor<B, 2> {
         let g = &self.global;
+        let demo = self.features.user.clone().select(0, batch.users.clone()).matmul(g.user_tag.val());
+        self.tower(batch, demo) + self.personal.weight.val().select(0, batch.users.clone())
+    }
+
+    /// The user vector of one person on their device, `[1, dim]`: the tower over their history
+    /// (item indices in time order, e.g. [`crate::bundle::PersonInput`] from their `History`) and
+    /// their user tags, without a personal vector (add the person's own, once trained). Tag
+    /// indices outside the model's vocabulary are ignored.
+    pub fn person_vector(&self, history: &[u32], tags: &[u32], device: &B::Device) -> Tensor<B, 2> {
+        let dims = self.dims();
+        let history: Vec<u32> = history.iter().copied().filter(|&i| (i as usize) < dims.items).collect();
+        let tags: Vec<u32> = tags.iter().copied().filter(|&t| (t as usize) < dims.user_tags).collect();
+        let batch = UserBatch::new(&[0], &[history.as_slice()], dims.history, device);
+        let (m, width) = tag_matrix(&[tags.as_slice()], dims.user_tags);
+        let demo = Tensor::<B, 2>::from_data(TensorData::new(m, [1, width]), device).matmul(self.global.user_tag.val());
+        self.tower(&batch, demo)
+    }
+
+    /// The shared part of the user tower: history pools and demographics through the MLP.
+    fn tower(&self, batch: &UserBatch<B>, demo: Tensor<B, 2>) -> Tensor<B, 2> {
+        let g = &self.global;
         let [b, l] = batch.history.dims();
         let d = g.item_id.val().dims()[1];
         let t = self.features.item.dims()[1];
@@ -346,11 +367,9 @@ impl<B: Backend> TwoTower<B> {
 
         let pooled_ids = w.clone().matmul(ids).reshape([b, 2 * d]);
         let pooled_tags = w.matmul(tags).reshape([b * 2, t]).matmul(g.hist_tag.val()).reshape([b, 2 * d]);
-        let demo = self.features.user.clone().select(0, batch.users.clone()).matmul(g.user_tag.val());
         let x = Tensor::cat(vec![pooled_ids + pooled_tags, demo], 1);
         let hidden = activation::relu(x.matmul(g.w1.val()) + g.b1.val().unsqueeze_dim(0));
-        let pooled = hidden.matmul(g.w2.val()) + g.b2.val().unsqueeze_dim(0);
-        pooled + self.personal.weight.val().select(0, batch.users.clone())
+        hidden.matmul(g.w2.val()) + g.b2.val().unsqueeze_dim(0)
     }
 
     /// Dimensions of this model.
