@@ -59,3 +59,44 @@ fn vault_open_inputs_never_panic() {
         }
     }
 }
+
+#[test]
+fn sync_incoming_inputs_never_panic_and_refusals_change_nothing() {
+    use hearth_core::history::{History, Kind};
+    use hearth_core::sync::{Group, Replica, envelope_group};
+    let all = inputs("sync_incoming");
+    assert!(all.len() >= 50, "the committed corpus is missing ({} inputs)", all.len());
+    let group = Group::from_secret([3; 32]);
+    let (mut applied, mut adopted) = (0, 0);
+    for (path, data) in all {
+        let _ = envelope_group(&data);
+        let _ = group.open(&data);
+        let mut history = History::new("fuzz");
+        history.record("film-1", Kind::Play, 10, Some(3), &[("screen", "tv")]).unwrap();
+        history.record("film-2", Kind::Rate(4.0), 11, None, &[]).unwrap();
+        let epoch = history.epoch();
+        let mut replica = Replica::new(group.clone()).unwrap();
+        let mut inner = vec![1u8; 16];
+        inner.extend_from_slice(&replica.id());
+        match data.split_first() {
+            Some((mode, rest)) if mode & 1 == 1 && rest.len() >= 8 => {
+                inner.extend_from_slice(&rest[..8]);
+                inner.extend_from_slice(&epoch.number.to_le_bytes());
+                inner.extend_from_slice(&epoch.id);
+                inner.extend_from_slice(&rest[8..]);
+            }
+            _ => inner.extend_from_slice(&data),
+        }
+        let before = history.items();
+        match replica.incoming(&mut history, &group.seal_raw(&inner).unwrap()) {
+            Ok(_) => {
+                applied += 1;
+                adopted += usize::from(history.epoch() != epoch);
+                History::load(&history.save(), "fuzz").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+            Err(_) => assert_eq!(history.items(), before, "{}", path.display()),
+        }
+    }
+    // The corpus reaches the automerge sync decoder and the snapshot path, not just rejections.
+    assert!(applied > 0 && adopted > 0, "applied {applied}, adopted {adopted}");
+}
