@@ -656,9 +656,7 @@ fn csv_records<'a>(
             fields.push(field);
             let blank = fields.len() == 1 && fields[0].trim().is_empty();
             if !any || blank {
-                if chars.peek().is_none() {
-                    return None;
-                }
+                chars.peek()?;
                 continue;
             }
             return Some(Ok((start, fields)));

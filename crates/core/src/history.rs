@@ -844,10 +844,10 @@ impl History {
             write_summary(&mut doc, s)?;
         }
         for k in self.doc.keys(ROOT) {
-            if k.starts_with("f:") || k.starts_with("w:") || k.starts_with("p:") || k.starts_with("c:") {
-                if let Some(v) = self.scalar(&k) {
-                    doc.put(ROOT, k.as_str(), v).map_err(doc_err)?;
-                }
+            if ["f:", "w:", "p:", "c:"].iter().any(|p| k.starts_with(p))
+                && let Some(v) = self.scalar(&k)
+            {
+                doc.put(ROOT, k.as_str(), v).map_err(doc_err)?;
             }
         }
         let next_seq = self.next_seq;

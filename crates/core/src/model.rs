@@ -452,7 +452,7 @@ pub fn train<B: AutodiffBackend>(
     if histories.iter().flatten().any(|&i| i as usize >= ds.items.len()) {
         return Err(TrainError::InvalidConfig("a history refers to an item outside the catalog".into()));
     }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) || !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0 && cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
         return Err(TrainError::InvalidConfig("lr must be > 0 and weight decay >= 0".into()));
     }
     let dims = dims_for(ds, cfg);
