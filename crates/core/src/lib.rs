@@ -14,6 +14,7 @@
 //! - [`score`]: catalog scoring and top-k: reference, CPU SIMD, GPU (feature `gpu`).
 //! - [`store`]: two-generation storage of sealed documents (in memory, atomic files).
 //! - [`sync`]: end-to-end encrypted automerge sync between a person's devices; pairing.
+//! - [`tower`]: the user tower's forward pass for one person in plain Rust (no burn).
 //! - [`vault`]: AES-256-GCM sealing at rest; passphrase (PBKDF2) and device keys; rotation.
 //! - `model` (feature `model`): the two-tower model in burn, generic over the backend.
 //!
@@ -41,6 +42,7 @@ pub mod quant;
 pub mod score;
 pub mod store;
 pub mod sync;
+pub mod tower;
 pub mod vault;
 #[cfg(feature = "model")]
 pub mod model;

@@ -198,21 +198,7 @@ impl<B: Backend> Features<B> {
     }
 }
 
-/// Names and shapes of the global tensors for given dimensions (the file layout's contract).
-pub fn global_shapes(d: &ModelDims) -> Vec<(&'static str, Vec<usize>)> {
-    vec![
-        ("item_id", vec![d.items, d.dim]),
-        ("item_tag", vec![d.item_tags.max(1), d.dim]),
-        ("hist_id", vec![d.items, d.dim]),
-        ("hist_tag", vec![d.item_tags.max(1), d.dim]),
-        ("user_tag", vec![d.user_tags.max(1), d.dim]),
-        ("recency", vec![d.history]),
-        ("w1", vec![3 * d.dim, d.hidden]),
-        ("b1", vec![d.hidden]),
-        ("w2", vec![d.hidden, d.dim]),
-        ("b2", vec![d.dim]),
-    ]
-}
+pub use crate::tower::global_shapes;
 
 fn param<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
     Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
