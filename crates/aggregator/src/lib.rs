@@ -198,7 +198,76 @@ fn finish<B: burn::tensor::backend::AutodiffBackend>(
         Some(model.personal.to_file()),
         Catalog::of(ds),
     );
+    let mut bundle = bundle;
+    bundle.manifest.calibration = Some(fit_calibration(&bundle, ds, split, cfg.seed)?.calibration);
     Ok(Trained { bundle, report, train_seconds })
+}
+
+/// How well a calibration fits held-out data it was not fitted on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CalibrationReport {
+    /// The fitted calibration.
+    pub calibration: hearth_core::rank::Calibration,
+    /// Expected calibration error on the other half of the users (10 equal-width bins).
+    pub ece: f64,
+    /// Examples (positives + negatives) it was fitted on.
+    pub fitted_on: usize,
+    /// Examples it was checked on.
+    pub checked_on: usize,
+}
+
+/// Fits the "% match" calibration the way a device scores: each person's vector from the plain
+/// user tower over their training history and age band (no personal vector), scored against the
+/// int8 catalog rows. Positive: the person's held-out item; negative: one random item they never
+/// touched. So the probability reads "how likely this item, rather than an unrelated one, is what
+/// you pick next". Fitted on even users, checked (ECE) on odd users.
+pub fn fit_calibration(bundle: &ModelBundle, ds: &Dataset, split: &Split, seed: u64) -> Result<CalibrationReport> {
+    use hearth_core::bundle::PersonInput;
+    use hearth_core::rank::Calibration;
+    use hearth_core::tower::UserTower;
+    use rand::{Rng, SeedableRng};
+    let tower = UserTower::from_bundle(bundle)?;
+    let shard = bundle.catalog_shard::<burn::backend::Flex>(&Default::default())?;
+    let view = shard.view();
+    let histories = split.histories(ds.users.len());
+    let ages: Vec<Vec<u32>> = ds
+        .users
+        .iter()
+        .map(|u| u.tags.iter().copied().filter(|&t| ds.user_tags[t as usize].starts_with("age:")).collect())
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let score = |user: &[f32], i: u32| -> f32 {
+        view.row(i as usize).iter().zip(user).map(|(&v, &u)| f32::from(v) * u).sum::<f32>() * view.scales()[i as usize]
+    };
+    let (mut fit, mut check) = ((vec![], vec![]), (vec![], vec![]));
+    for h in &split.test {
+        let u = h.user as usize;
+        let user = tower.person_vector(&PersonInput { history: histories[u].clone(), tags: ages[u].clone() });
+        let seen: std::collections::HashSet<u32> = histories[u].iter().copied().collect();
+        let neg = loop {
+            let i = rng.random_range(0..ds.items.len() as u32);
+            if i != h.item && !seen.contains(&i) {
+                break i;
+            }
+        };
+        let side = if u % 2 == 0 { &mut fit } else { &mut check };
+        side.0.push(score(&user, h.item));
+        side.1.push(score(&user, neg));
+    }
+    let calibration = Calibration::fit(&fit.0, &fit.1).ok_or_else(|| anyhow::anyhow!("calibration needs held-out positives and negatives"))?;
+    let mut bins = [(0f64, 0f64, 0usize); 10];
+    for (scores, label) in [(&check.0, 1.0), (&check.1, 0.0)] {
+        for &s in scores {
+            let p = f64::from(calibration.probability(s));
+            let b = ((p * 10.0) as usize).min(9);
+            bins[b].0 += p;
+            bins[b].1 += label;
+            bins[b].2 += 1;
+        }
+    }
+    let total = (check.0.len() + check.1.len()).max(1) as f64;
+    let ece = bins.iter().filter(|b| b.2 > 0).map(|b| (b.0 - b.1).abs() / total).sum();
+    Ok(CalibrationReport { calibration, ece, fitted_on: fit.0.len() * 2, checked_on: check.0.len() * 2 })
 }
 
 /// Writes a model directory. Each file goes to a temporary name, is synced, then renamed; the

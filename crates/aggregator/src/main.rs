@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use hearth_aggregator::{
-    Backend, evaluate_dir, load_dataset, read_model_dir, report_json, report_table, train_model, write_model_dir, write_shard,
+    Backend, evaluate_dir, fit_calibration, load_dataset, make_split, read_model_dir, report_json, report_table, train_model,
+    write_model_dir, write_shard,
 };
 use hearth_core::model::TrainConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,6 +46,22 @@ enum Command {
         /// Model directory.
         #[arg(long)]
         model: PathBuf,
+    },
+    /// Fit the "% match" calibration of a model directory on held-out data and store it in its
+    /// manifest (`train` does this too).
+    Calibrate {
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// The data the model was trained on (directory or CSV).
+        #[arg(long)]
+        data: PathBuf,
+        /// Optional item CSV for CSV data.
+        #[arg(long)]
+        items: Option<PathBuf>,
+        /// Seed of the negative draws.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Evaluate a model directory beside most-popular, under both protocols.
     Eval {
@@ -165,6 +182,24 @@ fn run(cli: Cli) -> Result<()> {
                 shard.len(),
                 shard.dim(),
                 shard.model_version()
+            );
+        }
+        Command::Calibrate { model, data, items, seed } => {
+            let mut bundle = read_model_dir(&model)?;
+            let ds = load_dataset(&data, items.as_deref())?;
+            bundle.check_dataset(&ds)?;
+            let split = make_split(&ds, None)?;
+            let r = fit_calibration(&bundle, &ds, &split, seed)?;
+            bundle.manifest.calibration = Some(r.calibration);
+            write_model_dir(&model, &bundle)?;
+            eprintln!(
+                "calibration a = {:.4}, b = {:.4}: fitted on {} examples, expected calibration error {:.4} on {} others; wrote {}",
+                r.calibration.a,
+                r.calibration.b,
+                r.fitted_on,
+                r.ece,
+                r.checked_on,
+                model.join("manifest.json").display()
             );
         }
         Command::Eval { model, data, items, test, candidates, seed, json } => {

@@ -220,6 +220,10 @@ pub struct ModelManifest {
     pub metrics: Option<ManifestMetrics>,
     /// SHA-256 (hex) of each parameter file in the directory.
     pub files: BTreeMap<String, String>,
+    /// Platt calibration of a person's scores into the "% match" shown beside each item (fitted
+    /// on held-out data by `hearth-aggregator train` / `calibrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::rank::Calibration>,
 }
 
 /// Current model directory layout version.

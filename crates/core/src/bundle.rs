@@ -178,6 +178,7 @@ impl ModelBundle {
                 hyper,
                 metrics,
                 files: Default::default(),
+                calibration: None,
             },
             global,
             personal,

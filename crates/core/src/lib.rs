@@ -11,6 +11,7 @@
 //! - [`bundle`]: a model directory as verified bytes (manifest, parameters, catalog).
 //! - [`history`]: a person's history as an automerge document (record, forget, wipe, profile).
 //! - [`quant`]: int8 quantization and the `CatalogShard` format.
+//! - [`rank`]: exclusions, popularity fusion, MMR diversity, exploration, confidence, reasons.
 //! - [`score`]: catalog scoring and top-k: reference, CPU SIMD, GPU (feature `gpu`).
 //! - [`store`]: two-generation storage of sealed documents (in memory, atomic files).
 //! - [`sync`]: end-to-end encrypted automerge sync between a person's devices; pairing.
@@ -39,6 +40,7 @@ pub mod data;
 pub mod eval;
 pub mod history;
 pub mod quant;
+pub mod rank;
 pub mod score;
 pub mod store;
 pub mod sync;

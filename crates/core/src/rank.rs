@@ -1,0 +1,478 @@
+//! Ranking: from scored candidates to the list a person sees.
+//!
+//! [`rank`] takes the personal candidates the scorer found (int8 scan, best first), the catalog's
+//! popularity order, the person's history and the exclusions, and returns `k` items, each with a
+//! calibrated confidence ("% match") and a reason:
+//!
+//! 1. **Exclusions**: items the person has seen and items the caller excludes (rights, territory,
+//!    an explicit list) never appear.
+//! 2. **Fusion**: weighted reciprocal rank fusion of the personal and popular orders; the personal
+//!    weight grows with the history, `h / (h + warm_history)`, so a new person sees what is
+//!    popular and an established one sees their own list.
+//! 3. **Diversity**: maximal marginal relevance over the fused pool, `(1 − λ)·relevance −
+//!    λ·max cosine to the items already chosen` (cosines of the int8 item rows; λ = 0 keeps the
+//!    fused order).
+//! 4. **Exploration**: a share of the slots (default 10 %) goes to items drawn, with the session's
+//!    seed, from the pool beyond the top `3k`, placed in the lower half of the list.
+//! 5. **Confidence**: Platt-calibrated probability of the person's score for the item
+//!    ([`Calibration`], fitted on held-out data).
+//! 6. **Reason**: the history item closest to the recommended one in embedding space ("because
+//!    you liked X"), else "popular" or "something new".
+
+use std::collections::HashSet;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::quant::CatalogView;
+use crate::score::Hit;
+
+/// How to rank.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RankConfig {
+    /// Items to return.
+    pub k: usize,
+    /// MMR λ in [0, 1]: 0 ranks by relevance alone, higher values trade relevance for variety.
+    pub diversity: f32,
+    /// Share of the `k` slots for exploration, in [0, 1].
+    pub explore: f32,
+    /// Seed of this session's exploration draws.
+    pub seed: u64,
+    /// The reciprocal rank fusion constant (60 in the RRF paper).
+    pub rrf_k: f32,
+    /// History length at which personal and popular weigh the same.
+    pub warm_history: usize,
+}
+
+impl Default for RankConfig {
+    fn default() -> Self {
+        RankConfig { k: 10, diversity: 0.3, explore: 0.1, seed: 0, rrf_k: 60.0, warm_history: 10 }
+    }
+}
+
+/// Platt scaling of a score into a probability: `1 / (1 + exp(a·s + b))`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Calibration {
+    /// Slope (negative when higher scores are more likely).
+    pub a: f64,
+    /// Offset.
+    pub b: f64,
+}
+
+impl Default for Calibration {
+    /// An uncalibrated logistic of the raw score.
+    fn default() -> Self {
+        Calibration { a: -1.0, b: 0.0 }
+    }
+}
+
+impl Calibration {
+    /// The probability for a score.
+    pub fn probability(&self, score: f32) -> f32 {
+        let z = self.a * f64::from(score) + self.b;
+        (1.0 / (1.0 + z.exp())) as f32
+    }
+
+    /// Fits Platt's sigmoid to scores of held-out positives and negatives (Newton's method with
+    /// Platt's smoothed targets, as in Lin, Lin and Weng's note on Platt scaling). `None` without
+    /// both kinds of example or with non-finite scores.
+    pub fn fit(positives: &[f32], negatives: &[f32]) -> Option<Calibration> {
+        let (np, nn) = (positives.len() as f64, negatives.len() as f64);
+        if np == 0.0 || nn == 0.0 || positives.iter().chain(negatives).any(|s| !s.is_finite()) {
+            return None;
+        }
+        let (hi, lo) = ((np + 1.0) / (np + 2.0), 1.0 / (nn + 2.0));
+        let data: Vec<(f64, f64)> = positives.iter().map(|&s| (f64::from(s), hi)).chain(negatives.iter().map(|&s| (f64::from(s), lo))).collect();
+        let (mut a, mut b) = (0.0f64, ((nn + 1.0) / (np + 1.0)).ln());
+        let loss = |a: f64, b: f64| -> f64 {
+            data.iter()
+                .map(|&(s, t)| {
+                    let z = a * s + b;
+                    // -[t log p + (1 - t) log(1 - p)] with p = 1 / (1 + e^z), computed stably.
+                    if z >= 0.0 { t * z + (1.0 + (-z).exp()).ln() } else { (t - 1.0) * z + (1.0 + z.exp()).ln() }
+                })
+                .sum()
+        };
+        let mut f = loss(a, b);
+        for _ in 0..100 {
+            let (mut h11, mut h22, mut h21, mut g1, mut g2) = (1e-12, 1e-12, 0.0, 0.0, 0.0);
+            for &(s, t) in &data {
+                let z = a * s + b;
+                let (p, q) = if z >= 0.0 {
+                    let e = (-z).exp();
+                    (e / (1.0 + e), 1.0 / (1.0 + e))
+                } else {
+                    let e = z.exp();
+                    (1.0 / (1.0 + e), e / (1.0 + e))
+                };
+                let d2 = p * q;
+                h11 += s * s * d2;
+                h22 += d2;
+                h21 += s * d2;
+                let d1 = t - p;
+                g1 += s * d1;
+                g2 += d1;
+            }
+            if g1.abs() < 1e-9 && g2.abs() < 1e-9 {
+                break;
+            }
+            let det = h11 * h22 - h21 * h21;
+            let (da, db) = (-(h22 * g1 - h21 * g2) / det, -(-h21 * g1 + h11 * g2) / det);
+            let gd = g1 * da + g2 * db;
+            let mut step = 1.0;
+            while step >= 1e-10 {
+                let (na, nb) = (a + step * da, b + step * db);
+                let nf = loss(na, nb);
+                if nf < f + 1e-4 * step * gd {
+                    (a, b, f) = (na, nb, nf);
+                    break;
+                }
+                step /= 2.0;
+            }
+            if step < 1e-10 {
+                break;
+            }
+        }
+        (a.is_finite() && b.is_finite()).then_some(Calibration { a, b })
+    }
+}
+
+/// Where a recommended item came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The person's own candidates.
+    Personal,
+    /// The popular list.
+    Popular,
+    /// Both lists.
+    Both,
+    /// An exploration draw.
+    Explore,
+}
+
+/// Why an item is recommended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reason {
+    /// It is close to `item`, from the person's history ("because you liked …").
+    Similar {
+        /// The history item (catalog index).
+        item: u32,
+        /// Cosine similarity of the two item vectors.
+        similarity: f32,
+    },
+    /// Popular with everyone (little history, or nothing in it is close).
+    Popular,
+    /// Something new, drawn for exploration.
+    Explore,
+}
+
+/// One recommended item.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ranked {
+    /// Catalog index.
+    pub index: u32,
+    /// The person's score for it (user vector · item row).
+    pub score: f32,
+    /// Calibrated probability that the person engages with it (the "% match").
+    pub confidence: f32,
+    /// Where it came from.
+    pub source: Source,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// What [`rank`] works from.
+#[derive(Debug, Clone, Copy)]
+pub struct RankInput<'a> {
+    /// The catalog's int8 item rows.
+    pub view: CatalogView<'a>,
+    /// The person's user vector.
+    pub user: &'a [f32],
+    /// The person's candidates, best first (e.g. `score::search` with a few times `k`).
+    pub personal: &'a [Hit],
+    /// Catalog indices by popularity, most popular first.
+    pub popular: &'a [u32],
+    /// The person's positive history, oldest first (for the fusion weight and the reasons).
+    pub history: &'a [u32],
+    /// Everything the person has interacted with (never recommended).
+    pub seen: &'a HashSet<u32>,
+    /// Items the caller excludes (rights, territory, an explicit list).
+    pub excluded: &'a HashSet<u32>,
+    /// Score calibration for the confidence.
+    pub calibration: Calibration,
+}
+
+/// Why ranking could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RankError {
+    /// The user vector does not match the catalog's width.
+    #[error("user vector of {got} values for a catalog of width {want}")]
+    Width {
+        /// Values given.
+        got: usize,
+        /// The catalog's width.
+        want: usize,
+    },
+    /// A configuration value is out of range.
+    #[error("{0}")]
+    Config(&'static str),
+}
+
+fn norm(row: &[i8]) -> f32 {
+    (row.iter().map(|&v| i32::from(v) * i32::from(v)).sum::<i32>() as f32).sqrt()
+}
+
+fn cosine(a: &[i8], na: f32, b: &[i8], nb: f32) -> f32 {
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum::<i32>() as f32 / (na * nb)
+}
+
+/// Ranks as the module docs describe. Returns up to `k` distinct items (fewer when the pool
+/// after exclusions is smaller).
+pub fn rank(input: &RankInput<'_>, cfg: &RankConfig) -> Result<Vec<Ranked>, RankError> {
+    let view = input.view;
+    let dim = view.dim();
+    if input.user.len() != dim {
+        return Err(RankError::Width { got: input.user.len(), want: dim });
+    }
+    if !(0.0..=1.0).contains(&cfg.diversity) || !(0.0..=1.0).contains(&cfg.explore) || !(cfg.rrf_k > 0.0) {
+        return Err(RankError::Config("diversity and explore must be in [0, 1] and rrf_k positive"));
+    }
+    let n = view.len() as u32;
+    let allowed = |i: u32| i < n && !input.seen.contains(&i) && !input.excluded.contains(&i);
+
+    // Fusion over the union of both lists (each cut to the same depth).
+    let depth = input.personal.len().max(cfg.k * 5).max(1);
+    let personal: Vec<u32> = input.personal.iter().map(|h| h.index).filter(|&i| allowed(i)).collect();
+    let popular: Vec<u32> = input.popular.iter().copied().filter(|&i| allowed(i)).take(depth).collect();
+    let h = input.history.len() as f32;
+    let w_personal = h / (h + cfg.warm_history.max(1) as f32);
+    let mut pool: Vec<(u32, f32, Source)> = vec![];
+    let mut at = std::collections::HashMap::new();
+    for (list, w, src) in [(&personal, w_personal, Source::Personal), (&popular, 1.0 - w_personal, Source::Popular)] {
+        for (r, &i) in list.iter().enumerate() {
+            let add = w / (cfg.rrf_k + r as f32 + 1.0);
+            match at.get(&i) {
+                Some(&p) => {
+                    let e: &mut (u32, f32, Source) = &mut pool[p];
+                    e.1 += add;
+                    e.2 = Source::Both;
+                }
+                None => {
+                    at.insert(i, pool.len());
+                    pool.push((i, add, src));
+                }
+            }
+        }
+    }
+    pool.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+
+    let score = |i: u32| -> f32 {
+        let row = view.row(i as usize);
+        row.iter().zip(input.user).map(|(&v, &u)| f32::from(v) * u).sum::<f32>() * view.scales()[i as usize]
+    };
+    let norms: Vec<f32> = pool.iter().map(|&(i, _, _)| norm(view.row(i as usize))).collect();
+
+    // Exploration slots and the items they may draw from (beyond the top 3k of the fused order).
+    let k = cfg.k.min(pool.len());
+    let n_explore = ((cfg.k as f32 * cfg.explore).round() as usize).min(pool.len().saturating_sub(3 * cfg.k));
+    let n_main = k.saturating_sub(n_explore);
+
+    // MMR over the fused pool.
+    let (top, bottom) = (pool.first().map_or(0.0, |p| p.1), pool.last().map_or(0.0, |p| p.1));
+    let spread = if top > bottom { top - bottom } else { 1.0 };
+    let mut chosen: Vec<usize> = vec![];
+    let mut max_sim = vec![f32::NEG_INFINITY; pool.len()];
+    let mut taken = vec![false; pool.len()];
+    while chosen.len() < n_main {
+        let mut best: Option<(usize, f32)> = None;
+        for (p, &(_, fused, _)) in pool.iter().enumerate() {
+            if taken[p] {
+                continue;
+            }
+            let rel = (fused - bottom) / spread;
+            let div = if chosen.is_empty() { 0.0 } else { max_sim[p] };
+            let v = (1.0 - cfg.diversity) * rel - cfg.diversity * div;
+            if best.is_none_or(|(_, bv)| v > bv) {
+                best = Some((p, v));
+            }
+        }
+        let Some((p, _)) = best else { break };
+        taken[p] = true;
+        chosen.push(p);
+        if cfg.diversity > 0.0 {
+            let (ri, nr) = (view.row(pool[p].0 as usize), norms[p]);
+            for (q, m) in max_sim.iter_mut().enumerate() {
+                if !taken[q] {
+                    *m = m.max(cosine(ri, nr, view.row(pool[q].0 as usize), norms[q]));
+                }
+            }
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut far: Vec<usize> = (3 * cfg.k..pool.len()).filter(|&p| !taken[p]).collect();
+    far.shuffle(&mut rng);
+
+    // Reasons: the closest of the person's (most recent 200) history items.
+    let hist: Vec<(u32, &[i8], f32)> = input
+        .history
+        .iter()
+        .rev()
+        .take(200)
+        .filter(|&&i| i < n)
+        .map(|&i| (i, view.row(i as usize), norm(view.row(i as usize))))
+        .collect();
+    let reason = |p: usize| -> Reason {
+        let (i, _, src) = pool[p];
+        let best = hist
+            .iter()
+            .map(|&(hi, row, nh)| (hi, cosine(view.row(i as usize), norms[p], row, nh)))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        match best {
+            Some((item, similarity)) if similarity > 0.0 && src != Source::Popular => Reason::Similar { item, similarity },
+            _ => Reason::Popular,
+        }
+    };
+    let item = |p: usize, explore: bool| {
+        let i = pool[p].0;
+        let s = score(i);
+        Ranked {
+            index: i,
+            score: s,
+            confidence: input.calibration.probability(s),
+            source: if explore { Source::Explore } else { pool[p].2 },
+            reason: if explore { Reason::Explore } else { reason(p) },
+        }
+    };
+    let mut out: Vec<Ranked> = chosen.iter().map(|&p| item(p, false)).collect();
+    for &p in far.iter().take(n_explore) {
+        let lo = out.len() / 2;
+        let at = rng.random_range(lo..=out.len());
+        out.insert(at, item(p, true));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::CatalogShard;
+
+    /// Items in `clusters` tight clusters around random centres; the user likes cluster 0.
+    fn catalog(n: usize, dim: usize, clusters: usize, seed: u64) -> (CatalogShard, Vec<f32>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..clusters).map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        let values: Vec<f32> =
+            (0..n).flat_map(|i| centres[i % clusters].iter().map(|c| c + rng.random_range(-0.15..0.15)).collect::<Vec<_>>()).collect();
+        let shard = CatalogShard::from_f32("1", (0..n).map(|i| format!("item-{i}")).collect(), dim, &values).unwrap();
+        (shard, centres[0].clone())
+    }
+
+    fn personal(view: CatalogView<'_>, user: &[f32], depth: usize) -> Vec<Hit> {
+        crate::score::search(view, user, depth, 1).unwrap()
+    }
+
+    fn mean_pairwise_cosine(view: CatalogView<'_>, items: &[u32]) -> f32 {
+        let mut s = 0.0;
+        let mut c = 0;
+        for (x, &a) in items.iter().enumerate() {
+            for &b in &items[x + 1..] {
+                let (ra, rb) = (view.row(a as usize), view.row(b as usize));
+                s += cosine(ra, norm(ra), rb, norm(rb));
+                c += 1;
+            }
+        }
+        s / c.max(1) as f32
+    }
+
+    #[test]
+    fn exclusions_fusion_diversity_exploration_and_reasons() {
+        let (shard, user) = catalog(2000, 16, 8, 1);
+        let view = shard.view();
+        let cands = personal(view, &user, 60);
+        let popular: Vec<u32> = (0..2000).rev().collect(); // an arbitrary popularity order
+        let history: Vec<u32> = (0..30).map(|i| i * 8).collect(); // all in cluster 0
+        let seen: HashSet<u32> = history.iter().copied().collect();
+        let excluded: HashSet<u32> = cands.iter().take(3).map(|h| h.index).collect();
+        let input = RankInput {
+            view,
+            user: &user,
+            personal: &cands,
+            popular: &popular,
+            history: &history,
+            seen: &seen,
+            excluded: &excluded,
+            calibration: Calibration::default(),
+        };
+        let plain = RankConfig { diversity: 0.0, explore: 0.0, ..RankConfig::default() };
+        let list = rank(&input, &plain).unwrap();
+        assert_eq!(list.len(), 10);
+        let ids: Vec<u32> = list.iter().map(|r| r.index).collect();
+        assert!(ids.iter().all(|i| !seen.contains(i) && !excluded.contains(i)), "exclusions hold");
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 10, "no duplicates");
+        // With 30 history items the personal list dominates: all from the person's cluster.
+        assert!(ids.iter().all(|i| i % 8 == 0), "{ids:?}");
+        // Reasons point at the closest history item.
+        for r in &list {
+            let Reason::Similar { item, similarity } = r.reason else { panic!("{r:?}") };
+            let row = view.row(r.index as usize);
+            let best = history.iter().map(|&h| cosine(row, norm(row), view.row(h as usize), norm(view.row(h as usize)))).fold(f32::MIN, f32::max);
+            assert_eq!(similarity, best);
+            assert!(history.contains(&item));
+        }
+        // Confidence follows the score.
+        for w in list.windows(2) {
+            assert_eq!(w[0].score > w[1].score, w[0].confidence > w[1].confidence);
+        }
+
+        // Diversity: a higher λ spreads the list over more clusters.
+        let diverse = rank(&input, &RankConfig { diversity: 0.7, explore: 0.0, ..plain }).unwrap();
+        let d_ids: Vec<u32> = diverse.iter().map(|r| r.index).collect();
+        assert!(mean_pairwise_cosine(view, &d_ids) < mean_pairwise_cosine(view, &ids) - 0.1);
+
+        // Exploration: one slot of ten, from beyond the top 3k, reproducible per seed.
+        let cfg = RankConfig { diversity: 0.0, explore: 0.1, seed: 5, ..plain };
+        let a = rank(&input, &cfg).unwrap();
+        let explore: Vec<&Ranked> = a.iter().filter(|r| r.source == Source::Explore).collect();
+        assert_eq!(explore.len(), 1);
+        assert_eq!(explore[0].reason, Reason::Explore);
+        assert!(a.iter().position(|r| r.source == Source::Explore).unwrap() >= 4);
+        assert!(!ids.contains(&explore[0].index));
+        assert_eq!(rank(&input, &cfg).unwrap(), a, "same seed, same list");
+        let others: HashSet<u32> = (0..20)
+            .map(|s| rank(&input, &RankConfig { seed: s, ..cfg }).unwrap())
+            .flat_map(|l| l.into_iter().filter(|r| r.source == Source::Explore).map(|r| r.index))
+            .collect();
+        assert!(others.len() > 5, "seeds draw different items: {others:?}");
+
+        // A new person (no history): the popular order, with a popular reason.
+        let fresh = RankInput { history: &[], seen: &HashSet::new(), ..input };
+        let cold = rank(&fresh, &plain).unwrap();
+        let want: Vec<u32> = popular.iter().copied().filter(|i| !excluded.contains(i)).take(10).collect();
+        assert_eq!(cold.iter().map(|r| r.index).collect::<Vec<_>>(), want);
+        assert!(cold.iter().all(|r| r.reason == Reason::Popular && r.source != Source::Personal));
+
+        // Bad input is a typed error.
+        assert!(matches!(rank(&RankInput { user: &[1.0], ..input }, &plain), Err(RankError::Width { .. })));
+        assert!(matches!(rank(&input, &RankConfig { diversity: 2.0, ..plain }), Err(RankError::Config(_))));
+    }
+
+    #[test]
+    fn platt_fit_recovers_a_known_sigmoid() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let truth = Calibration { a: -2.0, b: 1.0 };
+        let (mut pos, mut neg) = (vec![], vec![]);
+        for _ in 0..20_000 {
+            let s: f32 = rng.random_range(-3.0..4.0);
+            if rng.random::<f32>() < truth.probability(s) { pos.push(s) } else { neg.push(s) }
+        }
+        let fit = Calibration::fit(&pos, &neg).unwrap();
+        assert!((fit.a - truth.a).abs() < 0.1 && (fit.b - truth.b).abs() < 0.1, "{fit:?}");
+        assert_eq!(Calibration::fit(&[], &neg), None);
+        assert_eq!(Calibration::fit(&[f32::NAN], &neg), None);
+    }
+}
