@@ -191,6 +191,7 @@ fn run(cli: Cli) -> Result<()> {
             let split = make_split(&ds, None)?;
             let r = fit_calibration(&bundle, &ds, &split, seed)?;
             bundle.manifest.calibration = Some(r.calibration);
+            bundle.catalog.popularity = ds.item_counts(&ds.interactions);
             write_model_dir(&model, &bundle)?;
             eprintln!(
                 "calibration a = {:.4}, b = {:.4}: fitted on {} examples, expected calibration error {:.4} on {} others; wrote {}",

@@ -96,6 +96,10 @@ pub struct Catalog {
     pub items: Vec<Item>,
     /// Users by personal-table row.
     pub users: Vec<User>,
+    /// Interactions per item in the data the model was made from, by model index (the popular
+    /// list new people see); empty in models written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub popularity: Vec<u32>,
 }
 
 impl Catalog {
@@ -106,7 +110,32 @@ impl Catalog {
             user_tags: ds.user_tags.clone(),
             items: ds.items.clone(),
             users: ds.users.clone(),
+            popularity: ds.item_counts(&ds.interactions),
         }
+    }
+
+    /// The user tower's input for the person whose history this is. Items the catalog does not
+    /// hold (another catalog's, or retired ones) are left out.
+    pub fn person_input(&self, history: &History) -> PersonInput {
+        let index: HashMap<&str, u32> = self.items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i as u32)).collect();
+        let items = history.items();
+        let history_idx = items.iter().filter(|s| s.is_positive()).filter_map(|s| index.get(s.item.as_str()).copied()).collect();
+        let tags = history
+            .profile()
+            .age_band
+            .and_then(|band| self.user_tags.iter().position(|t| *t == format!("age:{band}")))
+            .map(|t| vec![t as u32])
+            .unwrap_or_default();
+        PersonInput { history: history_idx, tags }
+    }
+
+    /// Model indices by popularity, most popular first (ties by index); the catalog order when
+    /// no popularity is recorded.
+    pub fn popular(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.items.len() as u32).collect();
+        let count = |i: u32| self.popularity.get(i as usize).copied().unwrap_or(0);
+        order.sort_by(|&a, &b| count(b).cmp(&count(a)).then(a.cmp(&b)));
+        order
     }
 }
 
@@ -139,19 +168,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl ModelBundle {
-    /// The user tower's input for the person whose history this is. Items the catalog does not
-    /// hold (another catalog's, or retired ones) are left out.
+    /// The user tower's input for the person whose history this is (see [`Catalog::person_input`]).
     pub fn person_input(&self, history: &History) -> PersonInput {
-        let index: HashMap<&str, u32> = self.catalog.items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i as u32)).collect();
-        let items = history.items();
-        let history_idx = items.iter().filter(|s| s.is_positive()).filter_map(|s| index.get(s.item.as_str()).copied()).collect();
-        let tags = history
-            .profile()
-            .age_band
-            .and_then(|band| self.catalog.user_tags.iter().position(|t| *t == format!("age:{band}")))
-            .map(|t| vec![t as u32])
-            .unwrap_or_default();
-        PersonInput { history: history_idx, tags }
+        self.catalog.person_input(history)
     }
 
     /// Assembles a bundle; checksums are filled in by [`ModelBundle::to_files`].
@@ -222,9 +241,11 @@ impl ModelBundle {
         let manifest: ModelManifest =
             serde_json::from_value(value).map_err(|e| BundleError::BadManifest(e.to_string()))?;
 
-        let mut load = |name: &str| -> Result<Option<Vec<u8>>, BundleError> {
+        let mut load = |name: &str, optional: bool| -> Result<Option<Vec<u8>>, BundleError> {
             let Some(want) = manifest.files.get(name) else { return Ok(None) };
-            let bytes = read(name).ok_or_else(|| BundleError::MissingFile(name.into()))?;
+            let Some(bytes) = read(name) else {
+                return if optional { Ok(None) } else { Err(BundleError::MissingFile(name.into())) };
+            };
             if &sha256_hex(&bytes) != want {
                 return Err(BundleError::Checksum(name.into()));
             }
@@ -233,9 +254,11 @@ impl ModelBundle {
         let tensor = |name: &str, bytes: Vec<u8>| {
             TensorFile::decode(&bytes).map_err(|source| BundleError::Tensor { file: name.into(), source })
         };
-        let global = tensor(GLOBAL, load(GLOBAL)?.ok_or_else(|| BundleError::MissingFile(GLOBAL.into()))?)?;
-        let personal = load(PERSONAL)?.map(|b| tensor(PERSONAL, b)).transpose()?;
-        let catalog_bytes = load(CATALOG)?.ok_or_else(|| BundleError::MissingFile(CATALOG.into()))?;
+        let global = tensor(GLOBAL, load(GLOBAL, false)?.ok_or_else(|| BundleError::MissingFile(GLOBAL.into()))?)?;
+        // Personal vectors are the training users' own: a device never needs them, so a reader
+        // may leave them out (the global model and catalog are required).
+        let personal = load(PERSONAL, true)?.map(|b| tensor(PERSONAL, b)).transpose()?;
+        let catalog_bytes = load(CATALOG, false)?.ok_or_else(|| BundleError::MissingFile(CATALOG.into()))?;
         let catalog: Catalog =
             serde_json::from_slice(&catalog_bytes).map_err(|e| BundleError::Catalog(e.to_string()))?;
 

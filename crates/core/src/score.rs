@@ -225,11 +225,17 @@ pub fn refine(view: CatalogView<'_>, user: &[f32], candidates: &[Hit], k: usize)
 }
 
 /// The CPU path end to end: quantize `user`, scan for [`refine_candidates`]`(k)` on `threads`
-/// threads, [`refine`] to `k`. Errors if `user` holds NaN or infinity.
-#[cfg(not(target_family = "wasm"))]
+/// threads (one on wasm32), [`refine`] to `k`. Errors if `user` holds NaN or infinity.
 pub fn search(view: CatalogView<'_>, user: &[f32], k: usize, threads: usize) -> Result<Vec<Hit>, crate::quant::QuantError> {
     let q = crate::quant::quantize(user)?;
-    Ok(refine(view, user, &top_k_threads(view, &q, refine_candidates(k), threads), k))
+    #[cfg(not(target_family = "wasm"))]
+    let candidates = top_k_threads(view, &q, refine_candidates(k), threads);
+    #[cfg(target_family = "wasm")]
+    let candidates = {
+        let _ = threads;
+        top_k(view, &q, refine_candidates(k))
+    };
+    Ok(refine(view, user, &candidates, k))
 }
 
 /// Exact f32 scoring of unquantized embeddings (`items`: `n × dim`, item-major).

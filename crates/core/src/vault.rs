@@ -231,6 +231,11 @@ pub fn rotate(old: &Key, new: &Key, sealed: &[u8]) -> Result<Vec<u8>, VaultError
     seal(new, doc, &plain)
 }
 
+/// A new random document id.
+pub fn new_doc_id() -> Result<DocId, VaultError> {
+    random()
+}
+
 /// The document id in a sealed header (not secret: it is authenticated, not encrypted).
 pub fn doc_id(sealed: &[u8]) -> Result<DocId, VaultError> {
     Ok(parse(sealed)?.doc)

@@ -1,12 +1,17 @@
-//! hearth-web: hearth in the browser. A thin wasm-bindgen layer over hearth-core; it holds no
-//! product logic. Exports use `cfg_attr(target_family = "wasm", wasm_bindgen)`, so the same
-//! functions are tested natively. The history, vault, scoring and ranking APIs come with later
-//! work; for now it reads a person's own interaction file and reports what it holds.
+//! hearth-web: hearth in the browser. [`engine::Engine`] holds the logic and is tested natively;
+//! this file binds it to JavaScript with wasm-bindgen (exports exist only on wasm32).
+//!
+//! The page loads the model's `manifest.json`, `global.bin`, `catalog.json` and `items.shard`
+//! (never `personal.bin`: the training users' vectors), the person's sealed history from
+//! IndexedDB, and calls [`Hearth`](engine::Engine)'s methods; errors reach JavaScript as `Error`s
+//! with a stable `code` (see [`engine::WebError::code`]).
 //!
 //! ```
 //! let summary = hearth_web::dataset_summary(b"user,item\nme,a\nme,b\n").unwrap();
 //! assert!(summary.contains("\"items\":2"));
 //! ```
+
+pub mod engine;
 
 #[cfg(target_family = "wasm")]
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -28,6 +33,122 @@ pub fn dataset_summary(csv: &[u8]) -> Result<String, String> {
         "interactions": ds.interactions.len(),
     })
     .to_string())
+}
+
+#[cfg(target_family = "wasm")]
+mod js {
+    use wasm_bindgen::prelude::*;
+
+    use crate::engine::{Engine, ModelFiles, RecommendOptions, Secret, WebError};
+
+    #[wasm_bindgen(typescript_custom_section)]
+    const TS: &'static str = r#"
+/** Options of `Hearth.recommend`. */
+export interface RecommendOptions { k?: number; exclude?: string[]; diversity?: number; explore?: number; }
+/** One recommendation. */
+export interface Recommendation {
+  id: string; title: string; matchPercent: number; score: number; reason: string;
+  becauseOf: string | null; source: "personal" | "popular" | "both" | "explore";
+}
+/** One item of the person's history. */
+export interface HistoryItem { id: string; title: string; last: number; counts: Record<string, number>; rating: number | null; }
+/** A catalog search result. */
+export interface Found { id: string; title: string; }
+"#;
+
+    fn js_err(e: WebError) -> JsValue {
+        let err = js_sys::Error::new(&e.to_string());
+        let _ = js_sys::Reflect::set(&err, &"code".into(), &e.code().into());
+        err.into()
+    }
+
+    fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsValue> {
+        v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_err(WebError::BadInput(e.to_string())))
+    }
+
+    /// One person's hearth in the page.
+    #[wasm_bindgen]
+    pub struct Hearth {
+        engine: Engine,
+    }
+
+    #[wasm_bindgen]
+    impl Hearth {
+        /// Opens the model and the person's sealed history (`undefined` for a new person), keyed
+        /// by a passphrase or a 32-byte device key.
+        #[allow(clippy::too_many_arguments)]
+        pub fn open(
+            manifest: &[u8],
+            global: &[u8],
+            catalog: &[u8],
+            shard: &[u8],
+            sealed: Option<Vec<u8>>,
+            passphrase: Option<String>,
+            device_key: Option<Vec<u8>>,
+            device: &str,
+            seed: u32,
+        ) -> Result<Hearth, JsValue> {
+            let secret = match (&passphrase, device_key) {
+                (Some(p), _) => Secret::Passphrase(p),
+                (None, Some(k)) => Secret::DeviceKey(
+                    k.try_into().map_err(|_| js_err(WebError::BadInput("a device key is 32 bytes".into())))?,
+                ),
+                (None, None) => return Err(js_err(WebError::BadInput("a passphrase or a device key is needed".into()))),
+            };
+            let files = ModelFiles { manifest, global, catalog, shard };
+            Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(|engine| Hearth { engine }).map_err(js_err)
+        }
+
+        /// Records an event; returns its id.
+        pub fn record(&mut self, item: &str, kind: &str, value: Option<f64>, ts: f64, hour: Option<u8>) -> Result<String, JsValue> {
+            self.engine.record(item, kind, value, ts as i64, hour).map_err(js_err)
+        }
+
+        /// Recommendations now.
+        #[wasm_bindgen(unchecked_return_type = "Recommendation[]")]
+        pub fn recommend(&self, #[wasm_bindgen(unchecked_param_type = "RecommendOptions | undefined")] opts: JsValue) -> Result<JsValue, JsValue> {
+            let opts: RecommendOptions = if opts.is_undefined() || opts.is_null() {
+                RecommendOptions::default()
+            } else {
+                serde_wasm_bindgen::from_value(opts).map_err(|e| js_err(WebError::BadInput(e.to_string())))?
+            };
+            to_js(&self.engine.recommend(&opts).map_err(js_err)?)
+        }
+
+        /// The history, most recent first.
+        #[wasm_bindgen(unchecked_return_type = "HistoryItem[]")]
+        pub fn history(&self) -> Result<JsValue, JsValue> {
+            to_js(&self.engine.history())
+        }
+
+        /// Catalog search by title.
+        #[wasm_bindgen(unchecked_return_type = "Found[]")]
+        pub fn search(&self, query: &str, limit: usize) -> Result<JsValue, JsValue> {
+            to_js(&self.engine.search(query, limit))
+        }
+
+        /// Forgets an item everywhere.
+        pub fn forget(&mut self, item: &str, now: f64) -> Result<(), JsValue> {
+            self.engine.forget(item, now as i64).map_err(js_err)
+        }
+
+        /// Deletes the whole history.
+        pub fn wipe(&mut self, now: f64) -> Result<(), JsValue> {
+            self.engine.wipe(now as i64).map_err(js_err)
+        }
+
+        /// The history sealed for storage.
+        pub fn sealed(&mut self) -> Result<Vec<u8>, JsValue> {
+            self.engine.sealed().map_err(js_err)
+        }
+
+        /// `{modelVersion, items, dim, scorer}`.
+        pub fn capabilities(&self) -> Result<JsValue, JsValue> {
+            let (v, n, d) = self.engine.model_info();
+            let scorer = if cfg!(target_feature = "simd128") { "wasm-simd128" } else { "portable" };
+            to_js(&serde_json::json!({"modelVersion": v, "items": n, "dim": d, "scorer": scorer}))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,479 @@
+//! The browser runtime's logic, platform-free so it is tested natively: a person's sealed
+//! history, the model (without burn: the plain-Rust user tower and the int8 catalog), and the
+//! operations the page calls. `lib.rs` binds it to JavaScript.
+
+use std::collections::{HashMap, HashSet};
+
+use hearth_core::bundle::{BundleError, Catalog, ModelBundle, SERVED_ARCHITECTURE};
+use hearth_core::history::{History, HistoryError, KIND_NAMES, Kind};
+use hearth_core::quant::CatalogShard;
+use hearth_core::rank::{Calibration, RankConfig, RankInput, Reason, Source, rank};
+use hearth_core::score;
+use hearth_core::tower::UserTower;
+use hearth_core::vault::{self, DocId, Key, VaultError};
+use serde::{Deserialize, Serialize};
+
+/// Live events kept as they are when the history is compacted (older ones fold into summaries).
+pub const KEEP_EVENTS: usize = 1000;
+
+/// Why an operation failed. `code()` is stable, for the page to choose its message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebError {
+    /// The model files are missing, damaged or do not fit together.
+    #[error("the model is damaged or incomplete: {0}")]
+    Model(String),
+    /// The catalog shard is damaged.
+    #[error("the catalog file is damaged: {0}")]
+    Shard(String),
+    /// The catalog shard belongs to another model version.
+    #[error("the catalog is for model version {shard}, the model is version {model}")]
+    ModelVersion {
+        /// The shard's model version.
+        shard: String,
+        /// The manifest's model version.
+        model: String,
+    },
+    /// The passphrase or device key does not open the stored history.
+    #[error("wrong passphrase")]
+    WrongKey,
+    /// The stored history is damaged (tampered, truncated, or not a sealed history).
+    #[error("the stored history is damaged: {0}")]
+    Damaged(String),
+    /// Bad input from the caller.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+impl WebError {
+    /// A short stable code: `model`, `shard`, `model-version`, `wrong-key`, `damaged`, `bad-input`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WebError::Model(_) => "model",
+            WebError::Shard(_) => "shard",
+            WebError::ModelVersion { .. } => "model-version",
+            WebError::WrongKey => "wrong-key",
+            WebError::Damaged(_) => "damaged",
+            WebError::BadInput(_) => "bad-input",
+        }
+    }
+}
+
+impl From<BundleError> for WebError {
+    fn from(e: BundleError) -> Self {
+        WebError::Model(e.to_string())
+    }
+}
+
+impl From<HistoryError> for WebError {
+    fn from(e: HistoryError) -> Self {
+        match e {
+            HistoryError::Corrupt(_) | HistoryError::NotHistory => WebError::Damaged(e.to_string()),
+            other => WebError::BadInput(other.to_string()),
+        }
+    }
+}
+
+fn vault_err(e: VaultError) -> WebError {
+    match e {
+        VaultError::WrongKey => WebError::WrongKey,
+        other => WebError::Damaged(other.to_string()),
+    }
+}
+
+/// The model's files, as fetched.
+pub struct ModelFiles<'a> {
+    /// `manifest.json`.
+    pub manifest: &'a [u8],
+    /// `global.bin`.
+    pub global: &'a [u8],
+    /// `catalog.json`.
+    pub catalog: &'a [u8],
+    /// `items.shard`.
+    pub shard: &'a [u8],
+}
+
+/// How the history is keyed.
+pub enum Secret<'a> {
+    /// A passphrase (PBKDF2; the salt and iterations live in the sealed header).
+    Passphrase(&'a str),
+    /// A random device key kept by the platform.
+    DeviceKey([u8; 32]),
+}
+
+/// Options of [`Engine::recommend`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RecommendOptions {
+    /// How many (default 10, at most 100).
+    pub k: Option<usize>,
+    /// Item ids never to recommend (rights, territory, "not interested").
+    pub exclude: Vec<String>,
+    /// MMR λ in [0, 1] (default 0.3).
+    pub diversity: Option<f32>,
+    /// Share of exploration slots in [0, 1] (default 0.1).
+    pub explore: Option<f32>,
+}
+
+/// One recommendation, as the page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recommendation {
+    /// Item id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Calibrated "% match", 0–100.
+    pub match_percent: u8,
+    /// The person's raw score.
+    pub score: f32,
+    /// Why, in words.
+    pub reason: String,
+    /// The history item the reason names, if any.
+    pub because_of: Option<String>,
+    /// `personal`, `popular`, `both` or `explore`.
+    pub source: &'static str,
+}
+
+/// One item of the person's history, as the page lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryItem {
+    /// Item id.
+    pub id: String,
+    /// Title (the id when the catalog does not know it).
+    pub title: String,
+    /// Time of the latest event (ms).
+    pub last: i64,
+    /// Events per kind (only kinds that occurred).
+    pub counts: HashMap<&'static str, u64>,
+    /// The latest rating.
+    pub rating: Option<f64>,
+}
+
+/// A catalog search result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Found {
+    /// Item id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+}
+
+/// One person's hearth in a page.
+pub struct Engine {
+    catalog: Catalog,
+    index: HashMap<String, u32>,
+    lower_titles: Vec<String>,
+    tower: UserTower,
+    shard: CatalogShard,
+    popular: Vec<u32>,
+    calibration: Calibration,
+    model_version: u32,
+    history: History,
+    key: Key,
+    doc: DocId,
+    seed: u64,
+}
+
+impl Engine {
+    /// Opens the model and the person's history (`sealed`, as stored; `None` for a new person).
+    /// `device` names this device in the history; `seed` seeds this session's exploration.
+    pub fn open(files: &ModelFiles<'_>, sealed: Option<&[u8]>, secret: Secret<'_>, device: &str, seed: u64) -> Result<Engine, WebError> {
+        let mut read = |name: &str| -> Option<Vec<u8>> {
+            match name {
+                "manifest.json" => Some(files.manifest.to_vec()),
+                "global.bin" => Some(files.global.to_vec()),
+                "catalog.json" => Some(files.catalog.to_vec()),
+                _ => None,
+            }
+        };
+        let bundle = ModelBundle::from_files(SERVED_ARCHITECTURE, &mut read)?;
+        let shard = CatalogShard::decode(files.shard).map_err(|e| WebError::Shard(e.to_string()))?;
+        let model = bundle.manifest.model_version.to_string();
+        if shard.model_version() != model {
+            return Err(WebError::ModelVersion { shard: shard.model_version().to_owned(), model });
+        }
+        let ids_match = shard.len() == bundle.catalog.items.len()
+            && shard.dim() == bundle.manifest.dims.dim
+            && shard.ids().iter().zip(&bundle.catalog.items).all(|(a, b)| *a == b.id);
+        if !ids_match {
+            return Err(WebError::Shard("it does not hold this model's catalog".into()));
+        }
+        let tower = UserTower::from_bundle(&bundle)?;
+        let (key, doc, history) = match sealed {
+            Some(bytes) => {
+                let key = match secret {
+                    Secret::Passphrase(p) => Key::for_sealed(p, bytes).map_err(vault_err)?,
+                    Secret::DeviceKey(k) => Key::from_device_bytes(k),
+                };
+                let (doc, plain) = vault::open(&key, bytes).map_err(vault_err)?;
+                (key, doc, History::load(&plain, device)?)
+            }
+            None => {
+                let key = match secret {
+                    Secret::Passphrase(p) if p.chars().count() < 8 => {
+                        return Err(WebError::BadInput("a passphrase needs at least 8 characters".into()));
+                    }
+                    Secret::Passphrase(p) => Key::from_passphrase(p).map_err(vault_err)?,
+                    Secret::DeviceKey(k) => Key::from_device_bytes(k),
+                };
+                (key, vault::new_doc_id().map_err(vault_err)?, History::new(device))
+            }
+        };
+        let catalog = bundle.catalog;
+        Ok(Engine {
+            index: catalog.items.iter().enumerate().map(|(i, it)| (it.id.clone(), i as u32)).collect(),
+            lower_titles: catalog.items.iter().map(|it| it.title.to_lowercase()).collect(),
+            popular: catalog.popular(),
+            catalog,
+            tower,
+            shard,
+            calibration: bundle.manifest.calibration.unwrap_or_default(),
+            model_version: bundle.manifest.model_version,
+            history,
+            key,
+            doc,
+            seed,
+        })
+    }
+
+    /// Records an event: `kind` is one of `view`, `play`, `like`, `dislike`, `skip`, `rate`
+    /// (with `value`), `add`, `remove`. Returns the event id.
+    pub fn record(&mut self, item: &str, kind: &str, value: Option<f64>, ts: i64, hour: Option<u8>) -> Result<String, WebError> {
+        if !self.index.contains_key(item) {
+            return Err(WebError::BadInput(format!("no item {item:?} in the catalog")));
+        }
+        let kind = match (kind, value) {
+            ("view", _) => Kind::View,
+            ("play", _) => Kind::Play,
+            ("like", _) => Kind::Like,
+            ("dislike", _) => Kind::Dislike,
+            ("skip", _) => Kind::Skip,
+            ("rate", Some(v)) if (0.0..=5.0).contains(&v) => Kind::Rate(v),
+            ("rate", _) => return Err(WebError::BadInput("a rating needs a value from 0 to 5".into())),
+            ("add", _) => Kind::Add,
+            ("remove", _) => Kind::Remove,
+            (other, _) => return Err(WebError::BadInput(format!("unknown event kind {other:?}"))),
+        };
+        let id = self.history.record(item, kind, ts, hour, &[])?;
+        if self.history.events().len() > 2 * KEEP_EVENTS {
+            self.history.compact(KEEP_EVENTS)?;
+        }
+        Ok(id)
+    }
+
+    /// Recommendations for the person now.
+    pub fn recommend(&self, opts: &RecommendOptions) -> Result<Vec<Recommendation>, WebError> {
+        let k = opts.k.unwrap_or(10);
+        if k == 0 || k > 100 {
+            return Err(WebError::BadInput("k must be 1 to 100".into()));
+        }
+        let input = self.catalog.person_input(&self.history);
+        let user = self.tower.person_vector(&input);
+        let view = self.shard.view();
+        let personal = score::search(view, &user, (5 * k).max(100), 1).map_err(|e| WebError::Model(e.to_string()))?;
+        let seen: HashSet<u32> = self.history.items().iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
+        let excluded: HashSet<u32> = opts.exclude.iter().filter_map(|id| self.index.get(id).copied()).collect();
+        let cfg = RankConfig {
+            k,
+            diversity: opts.diversity.unwrap_or(0.3),
+            explore: opts.explore.unwrap_or(0.1),
+            seed: self.seed,
+            ..RankConfig::default()
+        };
+        let ranked = rank(
+            &RankInput {
+                view,
+                user: &user,
+                personal: &personal,
+                popular: &self.popular,
+                history: &input.history,
+                seen: &seen,
+                excluded: &excluded,
+                calibration: self.calibration,
+            },
+            &cfg,
+        )
+        .map_err(|e| WebError::BadInput(e.to_string()))?;
+        Ok(ranked
+            .into_iter()
+            .map(|r| {
+                let item = &self.catalog.items[r.index as usize];
+                let (reason, because_of) = match r.reason {
+                    Reason::Similar { item: h, .. } => {
+                        let liked = &self.catalog.items[h as usize];
+                        (format!("Because you liked {}", liked.title), Some(liked.id.clone()))
+                    }
+                    Reason::Popular => ("Popular with everyone".to_owned(), None),
+                    Reason::Explore => ("Something different to explore".to_owned(), None),
+                };
+                Recommendation {
+                    id: item.id.clone(),
+                    title: item.title.clone(),
+                    match_percent: (r.confidence * 100.0).round().clamp(0.0, 100.0) as u8,
+                    score: r.score,
+                    reason,
+                    because_of,
+                    source: match r.source {
+                        Source::Personal => "personal",
+                        Source::Popular => "popular",
+                        Source::Both => "both",
+                        Source::Explore => "explore",
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// The person's history, most recent first.
+    pub fn history(&self) -> Vec<HistoryItem> {
+        let mut items = self.history.items();
+        items.reverse();
+        items
+            .into_iter()
+            .map(|s| HistoryItem {
+                title: self.index.get(&s.item).map_or_else(|| s.item.clone(), |&i| self.catalog.items[i as usize].title.clone()),
+                counts: KIND_NAMES.iter().zip(s.counts).filter(|(_, c)| *c > 0).map(|(k, c)| (*k, c)).collect(),
+                id: s.item,
+                last: s.last,
+                rating: s.rating,
+            })
+            .collect()
+    }
+
+    /// Forgets an item everywhere (this device now, the others when they sync) and compacts, so
+    /// what is saved next no longer holds it.
+    pub fn forget(&mut self, item: &str, now: i64) -> Result<(), WebError> {
+        self.history.forget(item, now)?;
+        self.history.compact(KEEP_EVENTS)?;
+        Ok(())
+    }
+
+    /// Deletes the whole history (profile and settings too).
+    pub fn wipe(&mut self, now: i64) -> Result<(), WebError> {
+        Ok(self.history.wipe(now)?)
+    }
+
+    /// Catalog titles containing `query` (case-insensitive), titles starting with it first.
+    pub fn search(&self, query: &str, limit: usize) -> Vec<Found> {
+        let q = query.trim().to_lowercase();
+        if q.is_empty() {
+            return vec![];
+        }
+        let mut hits: Vec<(bool, usize)> =
+            self.lower_titles.iter().enumerate().filter(|(_, t)| t.contains(&q)).map(|(i, t)| (!t.starts_with(&q), i)).collect();
+        hits.sort_unstable();
+        hits.into_iter()
+            .take(limit)
+            .map(|(_, i)| Found { id: self.catalog.items[i].id.clone(), title: self.catalog.items[i].title.clone() })
+            .collect()
+    }
+
+    /// The history sealed for storage (AES-256-GCM under the person's key).
+    pub fn sealed(&mut self) -> Result<Vec<u8>, WebError> {
+        vault::seal(&self.key, self.doc, &self.history.save()).map_err(vault_err)
+    }
+
+    /// The model version and catalog size.
+    pub fn model_info(&self) -> (u32, usize, usize) {
+        (self.model_version, self.shard.len(), self.shard.dim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_dir() -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/ml100k")
+    }
+
+    struct Files {
+        manifest: Vec<u8>,
+        global: Vec<u8>,
+        catalog: Vec<u8>,
+        shard: Vec<u8>,
+    }
+
+    fn files() -> Files {
+        let read = |n: &str| std::fs::read(model_dir().join(n)).unwrap();
+        Files { manifest: read("manifest.json"), global: read("global.bin"), catalog: read("catalog.json"), shard: read("items.shard") }
+    }
+
+    fn open(f: &Files, sealed: Option<&[u8]>, secret: Secret<'_>) -> Result<Engine, WebError> {
+        Engine::open(&ModelFiles { manifest: &f.manifest, global: &f.global, catalog: &f.catalog, shard: &f.shard }, sealed, secret, "phone", 7)
+    }
+
+    #[test]
+    fn rate_five_films_get_ten_with_reasons_reopen_forget_wipe() {
+        let f = files();
+        let mut e = open(&f, None, Secret::DeviceKey([1; 32])).unwrap();
+        let cold = e.recommend(&RecommendOptions::default()).unwrap();
+        assert_eq!(cold.len(), 10);
+        assert!(cold.iter().filter(|r| r.source != "explore").all(|r| r.reason == "Popular with everyone"));
+        let star_wars = &e.search("star wars", 5)[0];
+        assert_eq!(star_wars.title, "Star Wars (1977)");
+        let picks = ["Star Wars (1977)", "Empire Strikes Back, The (1980)", "Return of the Jedi (1983)", "Raiders of the Lost Ark (1981)", "Terminator, The (1984)"];
+        for (t, title) in picks.iter().enumerate() {
+            let id = e.search(title, 1)[0].id.clone();
+            e.record(&id, "rate", Some(5.0), 1_000 + t as i64, Some(20)).unwrap();
+        }
+        let recs = e.recommend(&RecommendOptions::default()).unwrap();
+        assert_eq!(recs.len(), 10);
+        assert!(recs.iter().all(|r| !picks.contains(&r.title.as_str())), "rated films are not recommended");
+        let because = recs.iter().filter(|r| r.because_of.is_some()).count();
+        assert!(because >= 8, "{recs:#?}");
+        assert!(recs.iter().all(|r| r.match_percent <= 100));
+        assert!(recs[0].match_percent > 50, "{recs:#?}");
+        assert_eq!(e.history().len(), 5);
+
+        // Reopen from the sealed bytes: the same history, and the same list (same seed).
+        let sealed = e.sealed().unwrap();
+        assert!(!sealed.windows(9).any(|w| w == b"Star Wars"), "sealed bytes hold no title");
+        let again = open(&f, Some(&sealed), Secret::DeviceKey([1; 32])).unwrap();
+        assert_eq!(again.history(), e.history());
+        assert_eq!(again.recommend(&RecommendOptions::default()).unwrap(), recs);
+        assert_eq!(open(&f, Some(&sealed), Secret::DeviceKey([2; 32])).err(), Some(WebError::WrongKey));
+
+        // Excluding and forgetting.
+        let first = recs[0].id.clone();
+        let without = e.recommend(&RecommendOptions { exclude: vec![first.clone()], ..Default::default() }).unwrap();
+        assert!(without.iter().all(|r| r.id != first));
+        let gone = e.history()[0].id.clone();
+        e.forget(&gone, 10_000).unwrap();
+        assert_eq!(e.history().len(), 4);
+        e.wipe(20_000).unwrap();
+        assert!(e.history().is_empty());
+    }
+
+    #[test]
+    fn bad_model_files_passphrases_and_input_are_typed_errors() {
+        let f = files();
+        let mut bad = files();
+        let n = bad.shard.len();
+        bad.shard[n / 2] ^= 1;
+        assert_eq!(open(&bad, None, Secret::DeviceKey([1; 32])).err().map(|e| e.code()), Some("shard"));
+        let mut other = files();
+        let mut shard = CatalogShard::decode(&other.shard).unwrap();
+        let v = shard.view();
+        shard = CatalogShard::from_parts("2", shard.ids().to_vec(), shard.dim(), v.scales().to_vec(), v.rows().to_vec()).unwrap();
+        other.shard = shard.encode();
+        assert_eq!(open(&other, None, Secret::DeviceKey([1; 32])).err().map(|e| e.code()), Some("model-version"));
+        let mut broken = files();
+        broken.global[100] ^= 1;
+        assert_eq!(open(&broken, None, Secret::DeviceKey([1; 32])).err().map(|e| e.code()), Some("model"));
+
+        let mut e = open(&f, None, Secret::Passphrase("correct horse battery")).unwrap();
+        e.record("1", "like", None, 1, None).unwrap();
+        let sealed = e.sealed().unwrap();
+        assert_eq!(open(&f, Some(&sealed), Secret::Passphrase("wrong horse battery")).err(), Some(WebError::WrongKey));
+        assert_eq!(open(&f, Some(&sealed[..sealed.len() - 5]), Secret::Passphrase("correct horse battery")).err().map(|e| e.code()), Some("damaged"));
+        assert_eq!(open(&f, None, Secret::Passphrase("short")).err().map(|e| e.code()), Some("bad-input"));
+        assert_eq!(e.record("no-such-item", "like", None, 2, None).err().map(|e| e.code()), Some("bad-input"));
+        assert_eq!(e.record("1", "rate", Some(9.0), 2, None).err().map(|e| e.code()), Some("bad-input"));
+        assert_eq!(e.record("1", "teleport", None, 2, None).err().map(|e| e.code()), Some("bad-input"));
+        assert_eq!(e.recommend(&RecommendOptions { k: Some(0), ..Default::default() }).err().map(|e| e.code()), Some("bad-input"));
+        assert_eq!(e.history().len(), 1, "nothing was lost");
+    }
+}

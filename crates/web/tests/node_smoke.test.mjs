@@ -1,0 +1,46 @@
+// The browser package (wasm-bindgen --target web) run in Node on the committed model: a new
+// person rates five films and gets ten recommendations with reasons; the sealed history reopens
+// with the same list; a wrong passphrase and a damaged catalog are typed errors.
+// Needs `bash .ci/build-web.sh` first (HEARTH_WEB_PKG points at its output).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+const pkg = process.env.HEARTH_WEB_PKG;
+assert.ok(pkg, "HEARTH_WEB_PKG must name the built package (bash .ci/build-web.sh)");
+const { initSync, Hearth } = await import(join(pkg, "hearth_web.js"));
+initSync({ module: readFileSync(join(pkg, "hearth_web_bg.wasm")) });
+
+const model = new URL("../../../models/ml100k/", import.meta.url).pathname;
+const file = (n) => readFileSync(join(model, n));
+const [manifest, global, catalog, shard] = ["manifest.json", "global.bin", "catalog.json", "items.shard"].map(file);
+const open = (sealed, pass, shardBytes = shard) =>
+  Hearth.open(manifest, global, catalog, shardBytes, sealed, pass, undefined, "laptop", 7);
+
+test("rate five films, get ten with reasons, reopen sealed", () => {
+  const h = open(undefined, "correct horse battery");
+  assert.equal(h.capabilities().scorer, "wasm-simd128");
+  const picks = ["Star Wars (1977)", "Empire Strikes Back, The (1980)", "Return of the Jedi (1983)",
+    "Raiders of the Lost Ark (1981)", "Terminator, The (1984)"];
+  picks.forEach((title, i) => {
+    const [found] = h.search(title, 1);
+    assert.equal(found.title, title);
+    h.record(found.id, "rate", 5, 1000 + i, 20);
+  });
+  const recs = h.recommend({ k: 10 });
+  assert.equal(recs.length, 10);
+  assert.ok(recs.every((r) => !picks.includes(r.title)));
+  assert.ok(recs.filter((r) => r.becauseOf !== null).length >= 8, JSON.stringify(recs));
+  assert.ok(recs[0].reason.startsWith("Because you liked "), recs[0].reason);
+  const sealed = h.sealed();
+  assert.ok(!Buffer.from(sealed).includes("Star Wars"), "sealed bytes hold no title");
+  const again = open(sealed, "correct horse battery");
+  assert.deepEqual(again.history(), h.history());
+  assert.deepEqual(again.recommend({ k: 10 }), recs);
+  assert.throws(() => open(sealed, "wrong horse battery"), (e) => e.code === "wrong-key");
+  const bad = Buffer.from(shard);
+  bad[bad.length >> 1] ^= 1;
+  assert.throws(() => open(undefined, "correct horse battery", bad), (e) => e.code === "shard");
+  assert.throws(() => h.record("no-such-item", "like", undefined, 1), (e) => e.code === "bad-input");
+});
