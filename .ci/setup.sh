@@ -18,7 +18,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 # mesa-vulkan-drivers: lavapipe, the software Vulkan that wgpu uses without a GPU.
 # clang: ring's C code for wasm32 (gcc cannot target it).
-for pkg in mesa-vulkan-drivers libvulkan1 clang; do
+# chromium: the browser the demo's end-to-end tests drive (through npm playwright-core).
+for pkg in mesa-vulkan-drivers libvulkan1 clang chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 # npm (any version) installs the pinned tooling, including the Node 22 that workerd needs.

@@ -1,0 +1,200 @@
+// The hearth demo page: everything runs here, in the browser. The history is sealed by the wasm
+// module (AES-256-GCM under the person's passphrase) before it reaches IndexedDB; recommendations
+// are computed from it on this device. The only requests are for the app and the shared model.
+import init, { Hearth } from "/pkg/hearth_web.js";
+import * as store from "./storage.js";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, { dataset, ...props } = {}, ...kids) => {
+  const n = Object.assign(document.createElement(tag), props);
+  Object.assign(n.dataset, dataset || {});
+  for (const k of kids) n.append(k);
+  return n;
+};
+
+// --- What left this device: every request, from the browser's own resource timing ----------
+const egress = [];
+function noteRequest(e) {
+  const url = new URL(e.name, location.href);
+  egress.push({ what: url.origin === location.origin ? url.pathname : url.href, sent: 0, received: e.transferSize || e.encodedBodySize || 0 });
+  renderEgress();
+}
+function renderEgress() {
+  const body = $("egress");
+  if (!body) return;
+  body.replaceChildren(...egress.map((r) => el("tr", {}, el("td", { textContent: `GET ${r.what}` }),
+    el("td", { textContent: `${r.sent} B` }), el("td", { textContent: size(r.received) }))));
+  $("egress-count").textContent = String(egress.length);
+}
+const size = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(0)} KiB` : `${n} B`);
+noteRequest({ name: location.href, transferSize: performance.getEntriesByType("navigation")[0]?.transferSize || 0 });
+new PerformanceObserver((list) => list.getEntries().forEach(noteRequest)).observe({ type: "resource", buffered: true });
+
+// --- Messages ---------------------------------------------------------------------------------
+const MESSAGES = {
+  "wrong-key": "That passphrase does not open this history. Nothing was changed; try again.",
+  damaged: "The stored history is damaged and could not be opened. It has been left untouched.",
+  shard: "The film catalog that was downloaded is damaged, so recommendations cannot start. Your history is untouched; reload to try again.",
+  "model-version": "The film catalog belongs to a different model version than the model itself. Your history is untouched; reload to fetch a matching pair.",
+  model: "The recommendation model could not be loaded. Your history is untouched; reload to try again.",
+  quota: "This browser's storage for the page is full: your latest change is kept in this tab but could not be saved. Your saved history is untouched; free some space and act again to save.",
+  "bad-input": "That did not work: ",
+};
+const explain = (e) => (e && MESSAGES[e.code] ? MESSAGES[e.code] + (e.code === "bad-input" ? e.message : "") : `Something went wrong: ${e?.message || e}`);
+function notice(text) {
+  const n = $("notice");
+  n.textContent = text;
+  n.hidden = !text;
+}
+
+// --- Start -------------------------------------------------------------------------------------
+let hearth = null;
+const seed = crypto.getRandomValues(new Uint32Array(1))[0];
+
+async function fetchBytes(path) {
+  const r = await fetch(path);
+  if (!r.ok) throw Object.assign(new Error(`${path}: HTTP ${r.status}`), { code: "model" });
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function boot() {
+  const wasm = init();
+  const files = Promise.all(["manifest.json", "global.bin", "catalog.json", "items.shard"].map((n) => fetchBytes(`/model/${n}`)));
+  const [stored, device] = await Promise.all([store.load(), store.deviceName()]);
+  await wasm;
+  const model = await files.catch((e) => { notice(explain(e)); throw e; });
+  $("status").textContent = "Ready";
+  showGate(stored, device, model);
+}
+
+function showGate(stored, device, model) {
+  const returning = Boolean(stored.current || stored.previous);
+  $("gate-title").textContent = returning ? "Welcome back" : "Create your private history";
+  $("gate-text").textContent = returning
+    ? "Enter your passphrase to unlock your history on this device."
+    : "Choose a passphrase (8 characters or more). It encrypts your history on this device; nobody else has it, so keep it safe.";
+  $("gate-button").textContent = returning ? "Unlock" : "Start";
+  $("passphrase").autocomplete = returning ? "current-password" : "new-password";
+  $("gate").hidden = false;
+  $("passphrase").focus();
+  $("gate-form").onsubmit = async (ev) => {
+    ev.preventDefault();
+    const pass = $("passphrase").value;
+    $("gate-error").hidden = true;
+    $("gate-button").disabled = true;
+    await new Promise((r) => setTimeout(r, 0)); // let the button repaint before key derivation
+    try {
+      hearth = openWith(model, stored, pass, device);
+      $("passphrase").value = "";
+      $("gate").hidden = true;
+      $("app").hidden = false;
+      const c = hearth.capabilities();
+      $("status").textContent = `Model v${c.modelVersion} · ${c.items.toLocaleString()} films · scoring on this device (${c.scorer})`;
+      if (!returning) await persist();
+      render();
+      $("search").focus();
+    } catch (e) {
+      $("gate-error").textContent = explain(e);
+      $("gate-error").hidden = false;
+    } finally {
+      $("gate-button").disabled = false;
+    }
+  };
+}
+
+function openWith(model, stored, pass, device) {
+  const [manifest, global, catalog, shard] = model;
+  const open = (sealed) => Hearth.open(manifest, global, catalog, shard, sealed, pass, undefined, device, seed);
+  if (!stored.current && !stored.previous) return open(undefined);
+  try {
+    return open(stored.current || stored.previous);
+  } catch (e) {
+    // A damaged current generation falls back to the previous one (never on a wrong passphrase).
+    if (e.code === "damaged" && stored.current && stored.previous) {
+      const h = open(stored.previous);
+      notice("Your latest save was damaged; the one before it was restored.");
+      return h;
+    }
+    throw e;
+  }
+}
+
+let saves = 0;
+async function persist() {
+  try {
+    await store.save(hearth.sealed());
+    document.documentElement.dataset.saves = String(++saves); // for tests and the curious
+    if ($("notice").textContent === MESSAGES.quota) notice("");
+  } catch (e) {
+    notice(explain(e));
+  }
+}
+
+// --- Actions -----------------------------------------------------------------------------------
+async function act(fn) {
+  try {
+    fn();
+    render();
+    await persist();
+  } catch (e) {
+    notice(explain(e));
+  }
+}
+const now = () => Date.now();
+const hour = () => new Date().getHours();
+const rate = (id, stars) => act(() => hearth.record(id, "rate", stars, now(), hour()));
+const like = (id) => act(() => hearth.record(id, "like", undefined, now(), hour()));
+const dislike = (id) => act(() => hearth.record(id, "dislike", undefined, now(), hour()));
+
+function ratingButtons(id, current) {
+  const box = el("div", { className: "actions" });
+  for (let s = 1; s <= 5; s++) {
+    box.append(el("button", { type: "button", textContent: `${s}★`, className: current === s ? "on" : "", title: `Rate ${s} of 5`, onclick: () => rate(id, s) }));
+  }
+  box.append(el("button", { type: "button", textContent: "Like", title: "Like", onclick: () => like(id) }));
+  box.append(el("button", { type: "button", textContent: "Not for me", title: "Not for me", onclick: () => dislike(id) }));
+  return box;
+}
+
+// --- Rendering ---------------------------------------------------------------------------------
+let query = "";
+function render() {
+  const history = hearth.history();
+  const rated = new Map(history.map((h) => [h.id, h.rating]));
+  // Search results.
+  const results = query ? hearth.search(query, 8) : [];
+  $("results").replaceChildren(...results.map((f) =>
+    el("li", { dataset: { id: f.id } }, el("span", { className: "title", textContent: f.title }), ratingButtons(f.id, rated.get(f.id)))));
+  $("results-empty").hidden = results.length > 0;
+  // Recommendations.
+  const recs = hearth.recommend({ k: 10, diversity: Number($("diversity").value) });
+  $("recs").replaceChildren(...recs.map((r) =>
+    el("li", { className: r.source === "explore" ? "explore" : "", dataset: { id: r.id } },
+      el("span", { className: "title", textContent: r.title }),
+      el("span", { className: "match", textContent: `${r.matchPercent}% match` }),
+      el("span", { className: "reason", textContent: r.reason }),
+      Object.assign(ratingButtons(r.id), { className: "actions rec-actions" }))));
+  // History.
+  $("history").replaceChildren(...history.map((h) => {
+    const what = h.rating != null ? `rated ${h.rating}★` : Object.keys(h.counts).join(", ");
+    return el("li", { dataset: { id: h.id } },
+      el("div", {}, el("div", { className: "title", textContent: h.title }), el("div", { className: "what", textContent: what })),
+      el("button", { type: "button", className: "link", textContent: "Remove", title: `Forget ${h.title} everywhere`, onclick: () => act(() => hearth.forget(h.id, now())) }));
+  }));
+  $("history-empty").hidden = history.length > 0;
+}
+
+let debounce = 0;
+$("search").addEventListener("input", (e) => {
+  clearTimeout(debounce);
+  debounce = setTimeout(() => { query = e.target.value; if (hearth) render(); }, 150);
+});
+$("diversity").addEventListener("input", () => hearth && render());
+$("wipe").addEventListener("click", () => {
+  if (confirm("Delete your whole history on this device? This cannot be undone.")) act(() => hearth.wipe(now()));
+});
+
+boot().catch((e) => {
+  $("status").textContent = "Could not start";
+  notice(explain(e));
+});

@@ -1,0 +1,102 @@
+// The demo in real Chromium (Debian's, driven by playwright-core): a person creates a history,
+// rates five films and sees ten recommendations with reasons; after a reload the history is
+// still there; IndexedDB holds no plaintext title or item id; a wrong passphrase is refused with
+// a clear message; and no request the page makes carries the history.
+// Needs `bash .ci/build-web.sh` (the package) and apt chromium; .ci/test runs it.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+import { start } from "../serve.mjs";
+
+const CHROMIUM = process.env.HEARTH_CHROMIUM || "/usr/bin/chromium";
+const ARGS = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"];
+const FILMS = ["Star Wars (1977)", "Empire Strikes Back, The (1980)", "Return of the Jedi (1983)",
+  "Raiders of the Lost Ark (1981)", "Terminator, The (1984)"];
+const PASS = "a long passphrase";
+
+let server, browser;
+before(async () => {
+  server = await start({ port: 0 });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+async function unlock(page, pass) {
+  await page.fill("#passphrase", pass);
+  await page.click("#gate-button");
+}
+
+async function rateFilm(page, title, stars) {
+  await page.fill("#search", title);
+  const row = page.locator("#results li", { has: page.locator(".title", { hasText: title }) }).first();
+  await row.waitFor();
+  await row.locator(`button[title="Rate ${stars} of 5"]`).click();
+  await page.locator("#history li .title", { hasText: title }).first().waitFor();
+}
+
+test("rate five films, see ten recommendations with reasons, reload, nothing leaks", async () => {
+  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+  const page = await context.newPage();
+  const requests = [];
+  page.on("request", (r) => requests.push({ url: r.url(), method: r.method(), body: r.postDataBuffer() }));
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(server.url);
+  await page.locator("#gate:not([hidden])").waitFor();
+  assert.equal(await page.textContent("#gate-title"), "Create your private history");
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  for (const f of FILMS) await rateFilm(page, f, 5);
+  await page.fill("#search", "");
+  await page.locator("#results li").first().waitFor({ state: "detached" });
+  const recs = page.locator("#recs li");
+  await assert.doesNotReject(recs.nth(9).waitFor());
+  assert.equal(await recs.count(), 10);
+  const titles = await page.locator("#recs li .title").allTextContents();
+  const reasons = await page.locator("#recs li .reason").allTextContents();
+  const matches = await page.locator("#recs li .match").allTextContents();
+  assert.ok(titles.every((t) => !FILMS.includes(t)), titles.join(" | "));
+  assert.ok(reasons.filter((r) => r.startsWith("Because you liked ")).length >= 8, reasons.join(" | "));
+  assert.ok(matches.every((m) => /^\d{1,3}% match$/.test(m)), matches.join(" | "));
+  await page.locator(`html[data-saves="${FILMS.length + 1}"]`).waitFor({ state: "attached" });
+  await page.screenshot({ path: new URL("../screenshot.png", import.meta.url).pathname, fullPage: false });
+
+  // IndexedDB holds only sealed bytes: no title, no item id of the rated films.
+  const raw = await page.evaluate(async () => {
+    const db = await new Promise((ok, fail) => { const r = indexedDB.open("hearth"); r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); });
+    const all = await new Promise((ok) => { const r = db.transaction("vault").objectStore("vault").getAll(); r.onsuccess = () => ok(r.result); });
+    return all.map((v) => (typeof v === "string" ? v : Array.from(new Uint8Array(v))));
+  });
+  const bytes = Buffer.concat(raw.map((v) => (typeof v === "string" ? Buffer.from(v) : Buffer.from(v))));
+  assert.ok(bytes.length > 500, `a sealed history is stored (${bytes.length} bytes)`);
+  for (const needle of [...FILMS, "Star Wars", "\"item\":\"50\"", "rate"]) assert.ok(!bytes.includes(needle), `IndexedDB holds ${needle}`);
+
+  // Reload: the history is still there once unlocked; a wrong passphrase is refused first.
+  const before = await page.locator("#history li .title").allTextContents();
+  await page.reload();
+  await page.locator("#gate:not([hidden])").waitFor();
+  assert.equal(await page.textContent("#gate-title"), "Welcome back");
+  await unlock(page, "not the passphrase");
+  await page.locator("#gate-error:not([hidden])").waitFor();
+  assert.match(await page.textContent("#gate-error"), /does not open this history/);
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  assert.deepEqual(await page.locator("#history li .title").allTextContents(), before);
+  assert.deepEqual(await page.locator("#recs li .title").count(), 10);
+
+  // Every request: GETs of the app and the shared model, no bodies, nothing personal in URLs.
+  assert.ok(requests.length >= 6);
+  for (const r of requests) {
+    const path = new URL(r.url).pathname;
+    assert.equal(r.method, "GET", r.url);
+    assert.ok(!r.body || r.body.length === 0, r.url);
+    assert.match(path, /^\/(|app\.js|storage\.js|style\.css|icon\.svg|pkg\/hearth_web(\.js|_bg\.wasm)|model\/(manifest\.json|global\.bin|catalog\.json|items\.shard))$/, r.url);
+    assert.equal(new URL(r.url).search, "", r.url);
+  }
+  assert.deepEqual(errors, []);
+  await context.close();
+});
