@@ -99,6 +99,17 @@ pub enum Secret<'a> {
     Passphrase(&'a str),
     /// A random device key kept by the platform.
     DeviceKey([u8; 32]),
+    /// A passphrase already run through PBKDF2-HMAC-SHA256 by the platform (WebCrypto) with
+    /// these parameters: [`vault::kdf_params`] of the sealed history, or [`vault::new_salt`] and
+    /// [`vault::PBKDF2_ITERATIONS`] for a new one.
+    Derived {
+        /// The 32 derived bytes.
+        key: [u8; 32],
+        /// Iterations used.
+        iterations: u32,
+        /// Salt used.
+        salt: [u8; 16],
+    },
 }
 
 /// Options of [`Engine::recommend`].
@@ -206,6 +217,7 @@ impl Engine {
                 let key = match secret {
                     Secret::Passphrase(p) => Key::for_sealed(p, bytes).map_err(vault_err)?,
                     Secret::DeviceKey(k) => Key::from_device_bytes(k),
+                    Secret::Derived { key, iterations, salt } => Key::from_pbkdf2_output(key, iterations, salt).map_err(vault_err)?,
                 };
                 let (doc, plain) = vault::open(&key, bytes).map_err(vault_err)?;
                 (key, doc, History::load(&plain, device)?)
@@ -217,6 +229,7 @@ impl Engine {
                     }
                     Secret::Passphrase(p) => Key::from_passphrase(p).map_err(vault_err)?,
                     Secret::DeviceKey(k) => Key::from_device_bytes(k),
+                    Secret::Derived { key, iterations, salt } => Key::from_pbkdf2_output(key, iterations, salt).map_err(vault_err)?,
                 };
                 (key, vault::new_doc_id().map_err(vault_err)?, History::new(device))
             }

@@ -99,6 +99,50 @@ export interface Found { id: string; title: string; }
             Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(|engine| Hearth { engine }).map_err(js_err)
         }
 
+        /// Opens with a passphrase key the page derived itself with WebCrypto's
+        /// PBKDF2-HMAC-SHA256 (`iterations`, `salt`: from [`Hearth::kdf_params`] of the sealed
+        /// history, or [`Hearth::new_kdf_params`] for a new one).
+        #[allow(clippy::too_many_arguments)]
+        #[wasm_bindgen(js_name = openDerived)]
+        pub fn open_derived(
+            manifest: &[u8],
+            global: &[u8],
+            catalog: &[u8],
+            shard: &[u8],
+            sealed: Option<Vec<u8>>,
+            key: Vec<u8>,
+            iterations: u32,
+            salt: Vec<u8>,
+            device: &str,
+            seed: u32,
+        ) -> Result<Hearth, JsValue> {
+            let bad = |what: &str| js_err(WebError::BadInput(format!("{what} has the wrong length")));
+            let secret = Secret::Derived {
+                key: key.try_into().map_err(|_| bad("the derived key"))?,
+                iterations,
+                salt: salt.try_into().map_err(|_| bad("the salt"))?,
+            };
+            let files = ModelFiles { manifest, global, catalog, shard };
+            Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(|engine| Hearth { engine }).map_err(js_err)
+        }
+
+        /// `{iterations, salt}` of a sealed history's passphrase key, or `null` for a device key.
+        #[wasm_bindgen(js_name = kdfParams)]
+        pub fn kdf_params(sealed: &[u8]) -> Result<JsValue, JsValue> {
+            let bad = |e: hearth_core::vault::VaultError| js_err(WebError::Damaged(e.to_string()));
+            match hearth_core::vault::kdf_params(sealed).map_err(bad)? {
+                Some((iterations, salt)) => to_js(&serde_json::json!({"iterations": iterations, "salt": salt.to_vec()})),
+                None => Ok(JsValue::NULL),
+            }
+        }
+
+        /// Fresh `{iterations, salt}` for a new passphrase key (current OWASP iteration count).
+        #[wasm_bindgen(js_name = newKdfParams)]
+        pub fn new_kdf_params() -> Result<JsValue, JsValue> {
+            let salt = hearth_core::vault::new_salt().map_err(|e| js_err(WebError::BadInput(e.to_string())))?;
+            to_js(&serde_json::json!({"iterations": hearth_core::vault::PBKDF2_ITERATIONS, "salt": salt.to_vec()}))
+        }
+
         /// Records an event; returns its id.
         pub fn record(&mut self, item: &str, kind: &str, value: Option<f64>, ts: f64, hour: Option<u8>) -> Result<String, JsValue> {
             self.engine.record(item, kind, value, ts as i64, hour).map_err(js_err)

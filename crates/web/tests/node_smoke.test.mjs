@@ -44,3 +44,28 @@ test("rate five films, get ten with reasons, reopen sealed", () => {
   assert.throws(() => open(undefined, "correct horse battery", bad), (e) => e.code === "shard");
   assert.throws(() => h.record("no-such-item", "like", undefined, 1), (e) => e.code === "bad-input");
 });
+
+test("a key derived by WebCrypto's PBKDF2 opens what the wasm's PBKDF2 sealed, and back", async () => {
+  const derive = async (pass, params) => {
+    const base = await crypto.subtle.importKey("raw", new TextEncoder().encode(pass), "PBKDF2", false, ["deriveBits"]);
+    const bits = await crypto.subtle.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt: new Uint8Array(params.salt), iterations: params.iterations }, base, 256);
+    return new Uint8Array(bits);
+  };
+  const h = open(undefined, "über-secret passphrase");
+  h.record(h.search("Casablanca", 1)[0].id, "like", undefined, 5, 21);
+  const sealed = h.sealed();
+  const params = Hearth.kdfParams(sealed);
+  assert.equal(params.iterations, 600000);
+  const key = await derive("über-secret passphrase", params);
+  const d = Hearth.openDerived(manifest, global, catalog, shard, sealed, key, params.iterations, new Uint8Array(params.salt), "laptop", 7);
+  assert.deepEqual(d.history(), h.history());
+  const wrong = await derive("uber-secret passphrase", params);
+  assert.throws(() => Hearth.openDerived(manifest, global, catalog, shard, sealed, wrong, params.iterations, new Uint8Array(params.salt), "laptop", 7),
+    (e) => e.code === "wrong-key");
+  // A new history keyed in WebCrypto opens with the passphrase in wasm.
+  const fresh = Hearth.newKdfParams();
+  const n = Hearth.openDerived(manifest, global, catalog, shard, undefined, await derive("new passphrase!", fresh), fresh.iterations, new Uint8Array(fresh.salt), "laptop", 7);
+  n.record("1", "like", undefined, 9, 9);
+  assert.deepEqual(open(n.sealed(), "new passphrase!").history(), n.history());
+  assert.equal(Hearth.kdfParams(Hearth.open(manifest, global, catalog, shard, undefined, undefined, new Uint8Array(32), "x", 1).sealed()), null);
+});

@@ -1,0 +1,78 @@
+// Browser runtime benchmark in headless Chromium on this machine: cold load to the passphrase
+// gate (wasm + model fetched and compiled), unlocking a new history (PBKDF2-HMAC-SHA256 600k in
+// WebCrypto), and from unlock to the first ten recommendations on screen; then recommend() p50/p95
+// over 60 calls for a person with five ratings, beside the same package's recommend() in Node
+// (same wasm, same model, same history), as a ratio.
+//
+//   node bench/web.mjs [--json]      (needs bash .ci/build-web.sh and apt chromium)
+import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { start } from "../www/serve.mjs";
+
+const json = process.argv.includes("--json");
+const FILMS = ["Star Wars (1977)", "Empire Strikes Back, The (1980)", "Return of the Jedi (1983)", "Raiders of the Lost Ark (1981)", "Terminator, The (1984)"];
+const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
+
+const server = await start({ port: 0 });
+const browser = await chromium.launch({
+  executablePath: process.env.HEARTH_CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"],
+});
+const page = await (await browser.newContext()).newPage();
+const t0 = Date.now();
+await page.goto(`${server.url}#bench`);
+await page.locator("#gate:not([hidden])").waitFor();
+const ready = Date.now() - t0;
+await page.fill("#passphrase", "benchmark passphrase");
+const t1 = Date.now();
+await page.click("#gate-button");
+await page.locator("#recs li").nth(9).waitFor();
+const unlockToRecs = Date.now() - t1;
+for (const f of FILMS) {
+  await page.fill("#search", f);
+  await page.locator("#results li", { has: page.locator(".title", { hasText: f }) }).first().locator('button[title="Rate 5 of 5"]').click();
+  await page.locator("#history li .title", { hasText: f }).first().waitFor();
+}
+const browserTimes = await page.evaluate(() => {
+  const out = [];
+  for (let i = 0; i < 60; i++) {
+    const t = performance.now();
+    window.hearthBench.recommend({ k: 10 });
+    out.push(performance.now() - t);
+  }
+  return out;
+});
+await browser.close();
+await server.close();
+
+// The same package in Node.
+const pkg = join(process.env.CARGO_TARGET_DIR || join(process.env.HOME, ".cache/hearth/target"), "web/pkg");
+const { initSync, Hearth } = await import(join(pkg, "hearth_web.js"));
+initSync({ module: readFileSync(join(pkg, "hearth_web_bg.wasm")) });
+const model = new URL("../models/ml100k/", import.meta.url).pathname;
+const f = (n) => readFileSync(join(model, n));
+const h = Hearth.open(f("manifest.json"), f("global.bin"), f("catalog.json"), f("items.shard"), undefined, undefined, new Uint8Array(32).fill(1), "node", 1);
+FILMS.forEach((t, i) => h.record(h.search(t, 1)[0].id, "rate", 5, 1000 + i, 20));
+const nodeTimes = [];
+for (let i = 0; i < 60; i++) {
+  const t = performance.now();
+  h.recommend({ k: 10 });
+  nodeTimes.push(performance.now() - t);
+}
+
+const r = {
+  coldLoadToGateMs: ready,
+  unlockToTenRecommendationsMs: unlockToRecs,
+  recommendP50Ms: pct(browserTimes, 0.5),
+  recommendP95Ms: pct(browserTimes, 0.95),
+  nodeRecommendP50Ms: pct(nodeTimes, 0.5),
+};
+r.chromiumOverNode = r.recommendP50Ms / r.nodeRecommendP50Ms;
+if (json) console.log(JSON.stringify(r, null, 2));
+else {
+  console.log("| what | Chromium | baseline | ratio |\n|---|---|---|---|");
+  console.log(`| cold load to the passphrase gate (wasm + model) | ${r.coldLoadToGateMs} ms | - | - |`);
+  console.log(`| unlock a new history (PBKDF2 600k in WebCrypto) to ten recommendations | ${r.unlockToTenRecommendationsMs} ms | - | - |`);
+  console.log(`| recommend() p50 / p95, ml100k, 5 ratings | ${r.recommendP50Ms.toFixed(2)} / ${r.recommendP95Ms.toFixed(2)} ms | same wasm in Node ${r.nodeRecommendP50Ms.toFixed(2)} ms | ${r.chromiumOverNode.toFixed(2)}× |`);
+}
