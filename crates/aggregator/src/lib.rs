@@ -236,9 +236,7 @@ pub fn fit_calibration(bundle: &ModelBundle, ds: &Dataset, split: &Split, seed: 
         .map(|u| u.tags.iter().copied().filter(|&t| ds.user_tags[t as usize].starts_with("age:")).collect())
         .collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let score = |user: &[f32], i: u32| -> f32 {
-        view.row(i as usize).iter().zip(user).map(|(&v, &u)| f32::from(v) * u).sum::<f32>() * view.scales()[i as usize]
-    };
+    let score = |user: &[f32], i: u32| hearth_core::score::score_one(view, user, i);
     let (mut fit, mut check) = ((vec![], vec![]), (vec![], vec![]));
     for h in &split.test {
         let u = h.user as usize;

@@ -271,10 +271,7 @@ pub fn rank(input: &RankInput<'_>, cfg: &RankConfig) -> Result<Vec<Ranked>, Rank
     }
     pool.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
 
-    let score = |i: u32| -> f32 {
-        let row = view.row(i as usize);
-        row.iter().zip(input.user).map(|(&v, &u)| f32::from(v) * u).sum::<f32>() * view.scales()[i as usize]
-    };
+    let score = |i: u32| crate::score::score_one(view, input.user, i);
     let norms: Vec<f32> = pool.iter().map(|&(i, _, _)| norm(view.row(i as usize))).collect();
 
     // Exploration slots and the items they may draw from (beyond the top 3k of the fused order).

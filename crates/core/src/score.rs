@@ -211,17 +211,18 @@ pub fn refine_candidates(k: usize) -> usize {
 /// Panics if `user`'s width differs from the catalog's.
 pub fn refine(view: CatalogView<'_>, user: &[f32], candidates: &[Hit], k: usize) -> Vec<Hit> {
     assert_eq!(user.len(), view.dim(), "user width {} differs from the catalog's {}", user.len(), view.dim());
-    let mut hits: Vec<Hit> = candidates
-        .iter()
-        .map(|h| {
-            let i = h.index as usize;
-            let dot: f32 = view.row(i).iter().zip(user).map(|(&a, &b)| a as f32 * b).sum();
-            Hit { index: h.index, score: dot * view.scales()[i] }
-        })
-        .collect();
+    let mut hits: Vec<Hit> = candidates.iter().map(|h| Hit { index: h.index, score: score_one(view, user, h.index) }).collect();
     hits.sort_by(rank_cmp);
     hits.truncate(k);
     hits
+}
+
+/// One item's score for an unquantized user vector: `dot(f32(row), user) * scale` (what
+/// [`refine`], ranking and calibration use).
+pub fn score_one(view: CatalogView<'_>, user: &[f32], index: u32) -> f32 {
+    let i = index as usize;
+    let dot: f32 = view.row(i).iter().zip(user).map(|(&a, &b)| a as f32 * b).sum();
+    dot * view.scales()[i]
 }
 
 /// The CPU path end to end: quantize `user`, scan for [`refine_candidates`]`(k)` on `threads`
