@@ -50,30 +50,16 @@ enum Command {
     /// Fit the "% match" calibration of a model directory on held-out data and store it in its
     /// manifest (`train` does this too).
     Calibrate {
-        /// Model directory.
-        #[arg(long)]
-        model: PathBuf,
-        /// The data the model was trained on (directory or CSV).
-        #[arg(long)]
-        data: PathBuf,
-        /// Optional item CSV for CSV data.
-        #[arg(long)]
-        items: Option<PathBuf>,
+        #[command(flatten)]
+        target: ModelAndData,
         /// Seed of the negative draws.
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
     /// Evaluate a model directory beside most-popular, under both protocols.
     Eval {
-        /// Model directory.
-        #[arg(long)]
-        model: PathBuf,
-        /// The data the model was trained on (directory or CSV).
-        #[arg(long)]
-        data: PathBuf,
-        /// Optional item CSV for CSV data.
-        #[arg(long)]
-        items: Option<PathBuf>,
+        #[command(flatten)]
+        target: ModelAndData,
         /// Explicit held-out pairs, `user<TAB>item` per line.
         #[arg(long)]
         test: Option<PathBuf>,
@@ -136,6 +122,20 @@ impl Hyper {
     }
 }
 
+/// A model directory and the data it was trained on.
+#[derive(clap::Args)]
+struct ModelAndData {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The data the model was trained on (directory or CSV).
+    #[arg(long)]
+    data: PathBuf,
+    /// Optional item CSV for CSV data.
+    #[arg(long)]
+    items: Option<PathBuf>,
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -184,7 +184,7 @@ fn run(cli: Cli) -> Result<()> {
                 shard.model_version()
             );
         }
-        Command::Calibrate { model, data, items, seed } => {
+        Command::Calibrate { target: ModelAndData { model, data, items }, seed } => {
             let mut bundle = read_model_dir(&model)?;
             let ds = load_dataset(&data, items.as_deref())?;
             bundle.check_dataset(&ds)?;
@@ -203,7 +203,7 @@ fn run(cli: Cli) -> Result<()> {
                 model.join("manifest.json").display()
             );
         }
-        Command::Eval { model, data, items, test, candidates, seed, json } => {
+        Command::Eval { target: ModelAndData { model, data, items }, test, candidates, seed, json } => {
             let ds = load_dataset(&data, items.as_deref())?;
             let report = evaluate_dir(&model, &ds, test.as_deref(), candidates.as_deref(), seed)?;
             if json {
