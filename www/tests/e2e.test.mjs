@@ -1,7 +1,8 @@
 // The demo in real Chromium (Debian's, driven by playwright-core): a person creates a history,
 // rates five films and sees ten recommendations with reasons; after a reload the history is
-// still there; IndexedDB holds no plaintext title or item id; a wrong passphrase is refused with
-// a clear message; and no request the page makes carries the history.
+// still there; IndexedDB holds no plaintext title or item id; a wrong passphrase, a damaged
+// catalog and another model version's catalog are each refused with a clear message and the stored
+// history is left as it was; and no request the page makes carries the history.
 // Needs `bash .ci/build-web.sh` (the package) and apt chromium; .ci/test runs it.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -97,6 +98,59 @@ test("rate five films, see ten recommendations with reasons, reload, nothing lea
     assert.match(path, /^\/(|app\.js|storage\.js|style\.css|icon\.svg|pkg\/hearth_web(\.js|_bg\.wasm)|model\/(manifest\.json|global\.bin|catalog\.json|items\.shard))$/, r.url);
     assert.equal(new URL(r.url).search, "", r.url);
   }
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test("a damaged catalog and another model's catalog: clear messages, nothing lost", async () => {
+  const { readFileSync } = await import("node:fs");
+  const { createHash } = await import("node:crypto");
+  const shard = readFileSync(new URL("../../models/ml100k/items.shard", import.meta.url));
+  const damaged = Buffer.from(shard);
+  damaged[damaged.length >> 1] ^= 1;
+  // The same catalog relabelled as model version 2, with a valid checksum: only the version is wrong.
+  const other = Buffer.from(shard);
+  assert.equal(other.readUInt16LE(20), 1);
+  other[22] = "2".charCodeAt(0);
+  createHash("sha256").update(other.subarray(0, other.length - 32)).digest().copy(other, other.length - 32);
+
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(server.url);
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  await rateFilm(page, "Casablanca (1942)", 5);
+  await page.locator('html[data-saves="2"]').waitFor({ state: "attached" });
+  const stored = () => page.evaluate(async () => {
+    const db = await new Promise((ok) => { const r = indexedDB.open("hearth"); r.onsuccess = () => ok(r.result); });
+    const v = await new Promise((ok) => { const r = db.transaction("vault").objectStore("vault").get("current"); r.onsuccess = () => ok(r.result); });
+    db.close();
+    return Array.from(new Uint8Array(v));
+  });
+  const saved = await stored();
+
+  // A damaged catalog, then another model version's: each refused with its own message.
+  for (const [body, message] of [[damaged, /catalog that was downloaded is damaged/], [other, /different model version/]]) {
+    await page.route("**/model/items.shard", (r) => r.fulfill({ body, contentType: "application/octet-stream" }));
+    await page.reload();
+    await page.locator("#gate:not([hidden])").waitFor();
+    await unlock(page, PASS);
+    await page.locator("#gate-error:not([hidden])").waitFor();
+    assert.match(await page.textContent("#gate-error"), message);
+    assert.match(await page.textContent("#gate-error"), /history is untouched/);
+    assert.deepEqual(await stored(), saved);
+    await page.unroute("**/model/items.shard");
+  }
+
+  // With the right catalog again, the history opens as it was saved.
+  await page.reload();
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  assert.deepEqual(await page.locator("#history li .title").allTextContents(), ["Casablanca (1942)"]);
   assert.deepEqual(errors, []);
   await context.close();
 });
