@@ -209,7 +209,12 @@ $("wipe").addEventListener("click", () => {
   if (confirm("Delete your whole history on this device? This cannot be undone.")) act(() => hearth.wipe(now()));
 });
 
-boot().catch((e) => {
-  $("status").textContent = "Could not start";
-  notice(explain(e));
-});
+boot()
+  .then(() => {
+    // Offline use: cache the app and the model once the page is up (sw.js).
+    if ("serviceWorker" in navigator) navigator.serviceWorker.register("/sw.js").catch(() => {});
+  })
+  .catch((e) => {
+    $("status").textContent = navigator.onLine ? "Could not start" : "Offline, and this device has not stored hearth yet";
+    notice(explain(e));
+  });

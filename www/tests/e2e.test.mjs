@@ -95,10 +95,20 @@ test("rate five films, see ten recommendations with reasons, reload, nothing lea
     const path = new URL(r.url).pathname;
     assert.equal(r.method, "GET", r.url);
     assert.ok(!r.body || r.body.length === 0, r.url);
-    assert.match(path, /^\/(|app\.js|storage\.js|style\.css|icon\.svg|pkg\/hearth_web(\.js|_bg\.wasm)|model\/(manifest\.json|global\.bin|catalog\.json|items\.shard))$/, r.url);
+    assert.match(path, /^\/(|app\.js|storage\.js|style\.css|icon\.svg|sw\.js|pkg\/hearth_web(\.js|_bg\.wasm)|model\/(manifest\.json|global\.bin|catalog\.json|items\.shard))$/, r.url);
     assert.equal(new URL(r.url).search, "", r.url);
   }
   assert.deepEqual(errors, []);
+
+  // Offline after the first load: the service worker serves the app and the model.
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  await context.setOffline(true);
+  await page.reload();
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#recs li").nth(9).waitFor();
+  assert.deepEqual(await page.locator("#history li .title").allTextContents(), before);
+  await context.setOffline(false);
   await context.close();
 });
 
@@ -114,7 +124,8 @@ test("a damaged catalog and another model's catalog: clear messages, nothing los
   other[22] = "2".charCodeAt(0);
   createHash("sha256").update(other.subarray(0, other.length - 32)).digest().copy(other, other.length - 32);
 
-  const context = await browser.newContext();
+  // The damaged files are swapped in by routing, which does not see a service worker's fetches.
+  const context = await browser.newContext({ serviceWorkers: "block" });
   const page = await context.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
