@@ -95,6 +95,9 @@ function showGate(stored, device, model) {
       if (location.hash === "#bench") window.hearthBench = { recommend: (o) => hearth.recommend(o) };
       render();
       $("search").focus();
+      // Offline use (sw.js caches the app and the model): registered once the first
+      // recommendations are on screen, so its downloads never compete with them.
+      if ("serviceWorker" in navigator) setTimeout(() => navigator.serviceWorker.register("/sw.js").catch(() => {}), 0);
     } catch (e) {
       $("gate-error").textContent = explain(e);
       $("gate-error").hidden = false;
@@ -209,12 +212,7 @@ $("wipe").addEventListener("click", () => {
   if (confirm("Delete your whole history on this device? This cannot be undone.")) act(() => hearth.wipe(now()));
 });
 
-boot()
-  .then(() => {
-    // Offline use: cache the app and the model once the page is up (sw.js).
-    if ("serviceWorker" in navigator) navigator.serviceWorker.register("/sw.js").catch(() => {});
-  })
-  .catch((e) => {
-    $("status").textContent = navigator.onLine ? "Could not start" : "Offline, and this device has not stored hearth yet";
-    notice(explain(e));
-  });
+boot().catch((e) => {
+  $("status").textContent = navigator.onLine ? "Could not start" : "Offline, and this device has not stored hearth yet";
+  notice(explain(e));
+});
