@@ -10,7 +10,7 @@ use crate::artifact::{
     ArtifactError, DatasetInfo, ManifestMetrics, ModelDims, ModelManifest, MODEL_FORMAT_VERSION, TensorFile,
 };
 use crate::data::{self, Dataset, Item, User};
-use crate::history::History;
+use crate::history::{History, ItemSignal, Profile};
 use std::collections::HashMap;
 
 /// The model architecture this build serves and loads.
@@ -118,11 +118,16 @@ impl Catalog {
     /// hold (another catalog's, or retired ones) are left out.
     pub fn person_input(&self, history: &History) -> PersonInput {
         let index: HashMap<&str, u32> = self.items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i as u32)).collect();
-        let items = history.items();
-        let history_idx = items.iter().filter(|s| s.is_positive()).filter_map(|s| index.get(s.item.as_str()).copied()).collect();
-        let tags = history
-            .profile()
+        self.person_input_of(&history.items(), &history.profile(), |id| index.get(id).copied())
+    }
+
+    /// [`Catalog::person_input`] from a history already read (`History::items`, oldest first)
+    /// and a way to find catalog indices (callers that keep an id index pass it here).
+    pub fn person_input_of(&self, items: &[ItemSignal], profile: &Profile, index: impl Fn(&str) -> Option<u32>) -> PersonInput {
+        let history_idx = items.iter().filter(|s| s.is_positive()).filter_map(|s| index(&s.item)).collect();
+        let tags = profile
             .age_band
+            .as_ref()
             .and_then(|band| self.user_tags.iter().position(|t| *t == format!("age:{band}")))
             .map(|t| vec![t as u32])
             .unwrap_or_default();

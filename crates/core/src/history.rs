@@ -335,6 +335,10 @@ pub struct History {
     index: BTreeMap<String, Entry>,
 }
 
+fn keyed(summaries: Vec<Summary>) -> HashMap<(String, String), Summary> {
+    summaries.into_iter().map(|s| ((s.device.clone(), s.item.clone()), s)).collect()
+}
+
 fn folded(summaries: &HashMap<(String, String), Summary>, e: &Event) -> bool {
     // Summaries are few per device; the key lookup allocates, so check the cheap part first.
     !summaries.is_empty()
@@ -696,7 +700,10 @@ impl History {
 
     /// Every summary (one per device and item), ordered by key.
     pub fn summaries(&self) -> Vec<Summary> {
-        let forgets = self.forgets();
+        self.live_summaries(&self.forgets())
+    }
+
+    fn live_summaries(&self, forgets: &Forgets) -> Vec<Summary> {
         self.index
             .values()
             .filter_map(|e| match e {
@@ -707,7 +714,7 @@ impl History {
     }
 
     fn summary_map(&self) -> HashMap<(String, String), Summary> {
-        self.summaries().into_iter().map(|s| ((s.device.clone(), s.item.clone()), s)).collect()
+        keyed(self.summaries())
     }
 
     fn read_event(&self, id: &str) -> Option<Event> {
@@ -718,7 +725,10 @@ impl History {
     /// parse as events (from a newer or damaged writer) are skipped.
     pub fn events(&self) -> Vec<Event> {
         let forgets = self.forgets();
-        let summaries = self.summary_map();
+        self.live_events(&forgets, keyed(self.live_summaries(&forgets)))
+    }
+
+    fn live_events(&self, forgets: &Forgets, summaries: HashMap<(String, String), Summary>) -> Vec<Event> {
         let mut out: Vec<Event> = self
             .index
             .values()
@@ -760,7 +770,7 @@ impl History {
     /// folds (call after receiving changes).
     pub fn sweep(&mut self) -> Result<(), HistoryError> {
         let forgets = self.forgets();
-        let summaries = self.summary_map();
+        let summaries = keyed(self.live_summaries(&forgets));
         if forgets.is_empty() && summaries.is_empty() {
             return Ok(());
         }
@@ -928,10 +938,12 @@ impl History {
                 }
             }
         };
-        for s in self.summaries() {
+        let forgets = self.forgets();
+        let summaries = self.live_summaries(&forgets);
+        for s in &summaries {
             add(&s.item, &s.counts, s.first, s.last, s.rating);
         }
-        for e in self.events() {
+        for e in self.live_events(&forgets, keyed(summaries)) {
             let mut counts = [0; 8];
             counts[e.kind.index()] = 1;
             let rating = if let Kind::Rate(v) = e.kind { Some((v, e.ts)) } else { None };

@@ -239,7 +239,8 @@ pub fn rank(input: &RankInput<'_>, cfg: &RankConfig) -> Result<Vec<Ranked>, Rank
     if input.user.len() != dim {
         return Err(RankError::Width { got: input.user.len(), want: dim });
     }
-    if !(0.0..=1.0).contains(&cfg.diversity) || !(0.0..=1.0).contains(&cfg.explore) || !(cfg.rrf_k.is_finite() && cfg.rrf_k > 0.0) {
+    let valid = (0.0..=1.0).contains(&cfg.diversity) && (0.0..=1.0).contains(&cfg.explore) && cfg.rrf_k.is_finite() && cfg.rrf_k > 0.0;
+    if !valid {
         return Err(RankError::Config("diversity and explore must be in [0, 1] and rrf_k positive"));
     }
     let n = view.len() as u32;

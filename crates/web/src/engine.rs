@@ -212,27 +212,22 @@ impl Engine {
             return Err(WebError::Shard("it does not hold this model's catalog".into()));
         }
         let tower = UserTower::from_bundle(&bundle)?;
-        let (key, doc, history) = match sealed {
+        let key = match secret {
+            Secret::Passphrase(p) => match sealed {
+                Some(bytes) => Key::for_sealed(p, bytes),
+                None if p.chars().count() < 8 => return Err(WebError::BadInput("a passphrase needs at least 8 characters".into())),
+                None => Key::from_passphrase(p),
+            },
+            Secret::DeviceKey(k) => Ok(Key::from_device_bytes(k)),
+            Secret::Derived { key, iterations, salt } => Key::from_pbkdf2_output(key, iterations, salt),
+        }
+        .map_err(vault_err)?;
+        let (doc, history) = match sealed {
             Some(bytes) => {
-                let key = match secret {
-                    Secret::Passphrase(p) => Key::for_sealed(p, bytes).map_err(vault_err)?,
-                    Secret::DeviceKey(k) => Key::from_device_bytes(k),
-                    Secret::Derived { key, iterations, salt } => Key::from_pbkdf2_output(key, iterations, salt).map_err(vault_err)?,
-                };
                 let (doc, plain) = vault::open(&key, bytes).map_err(vault_err)?;
-                (key, doc, History::load(&plain, device)?)
+                (doc, History::load(&plain, device)?)
             }
-            None => {
-                let key = match secret {
-                    Secret::Passphrase(p) if p.chars().count() < 8 => {
-                        return Err(WebError::BadInput("a passphrase needs at least 8 characters".into()));
-                    }
-                    Secret::Passphrase(p) => Key::from_passphrase(p).map_err(vault_err)?,
-                    Secret::DeviceKey(k) => Key::from_device_bytes(k),
-                    Secret::Derived { key, iterations, salt } => Key::from_pbkdf2_output(key, iterations, salt).map_err(vault_err)?,
-                };
-                (key, vault::new_doc_id().map_err(vault_err)?, History::new(device))
-            }
+            None => (vault::new_doc_id().map_err(vault_err)?, History::new(device)),
         };
         let catalog = bundle.catalog;
         Ok(Engine {
@@ -282,11 +277,12 @@ impl Engine {
         if k == 0 || k > 100 {
             return Err(WebError::BadInput("k must be 1 to 100".into()));
         }
-        let input = self.catalog.person_input(&self.history);
+        let items = self.history.items();
+        let input = self.catalog.person_input_of(&items, &self.history.profile(), |id| self.index.get(id).copied());
         let user = self.tower.person_vector(&input);
         let view = self.shard.view();
         let personal = score::search(view, &user, (5 * k).max(100), 1).map_err(|e| WebError::Model(e.to_string()))?;
-        let seen: HashSet<u32> = self.history.items().iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
+        let seen: HashSet<u32> = items.iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
         let excluded: HashSet<u32> = opts.exclude.iter().filter_map(|id| self.index.get(id).copied()).collect();
         let cfg = RankConfig {
             k,
