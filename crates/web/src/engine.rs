@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use hearth_core::bundle::{BundleError, Catalog, ModelBundle, SERVED_ARCHITECTURE};
 use hearth_core::history::{History, HistoryError, KIND_NAMES, Kind};
-use hearth_core::quant::CatalogShard;
+use hearth_core::quant::{CatalogShard, CatalogView, QuantizedVector, quantize};
 use hearth_core::rank::{Calibration, RankConfig, RankInput, Reason, Source, rank};
-use hearth_core::score;
+use hearth_core::score::{self, Hit};
 use hearth_core::tower::UserTower;
 use hearth_core::vault::{self, DocId, Key, VaultError};
 use serde::{Deserialize, Serialize};
@@ -171,6 +171,29 @@ pub struct Found {
     pub title: String,
 }
 
+/// A recommendation in progress: see [`Engine::query`].
+#[derive(Debug, Clone)]
+pub struct Query {
+    k: usize,
+    pool: usize,
+    user: Vec<f32>,
+    quantized: QuantizedVector,
+    history: Vec<u32>,
+    seen: HashSet<u32>,
+}
+
+impl Query {
+    /// The person's vector, int8-quantized for the catalog scan.
+    pub fn quantized(&self) -> &QuantizedVector {
+        &self.quantized
+    }
+
+    /// How many int8 candidates the scan should return (before [`Engine::refine`]).
+    pub fn candidates(&self) -> usize {
+        score::refine_candidates(self.pool)
+    }
+}
+
 /// One person's hearth in a page.
 pub struct Engine {
     catalog: Catalog,
@@ -271,8 +294,17 @@ impl Engine {
         Ok(id)
     }
 
-    /// Recommendations for the person now.
+    /// Recommendations for the person now, scored on the CPU (wasm SIMD in a browser).
     pub fn recommend(&self, opts: &RecommendOptions) -> Result<Vec<Recommendation>, WebError> {
+        let query = self.query(opts)?;
+        let personal = score::search(self.shard.view(), &query.user, query.pool, 1).map_err(|e| WebError::Model(e.to_string()))?;
+        self.rank(&query, opts, &personal)
+    }
+
+    /// The first half of a recommendation: the person's vector from their history now (the user
+    /// tower, on the CPU) and how many personal candidates ranking needs. A GPU scorer takes it
+    /// from here: [`Query::candidates`] int8 hits for [`Query::quantized`], then [`Engine::refine`].
+    pub fn query(&self, opts: &RecommendOptions) -> Result<Query, WebError> {
         let k = opts.k.unwrap_or(10);
         if k == 0 || k > 100 {
             return Err(WebError::BadInput("k must be 1 to 100".into()));
@@ -280,12 +312,29 @@ impl Engine {
         let items = self.history.items();
         let input = self.catalog.person_input_of(&items, &self.history.profile(), |id| self.index.get(id).copied());
         let user = self.tower.person_vector(&input);
+        let quantized = quantize(&user).map_err(|e| WebError::Model(e.to_string()))?;
+        let seen = items.iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
+        Ok(Query { k, pool: (5 * k).max(100), user, quantized, history: input.history, seen })
+    }
+
+    /// Re-ranks a GPU scorer's int8 candidates with the unquantized vector, exactly as the CPU
+    /// path does: the same candidates give the same personal list on every scorer.
+    pub fn refine(&self, query: &Query, candidates: &[Hit]) -> Vec<Hit> {
+        score::refine(self.shard.view(), &query.user, candidates, query.pool)
+    }
+
+    /// The catalog as the GPU scorer uploads it.
+    pub fn catalog_view(&self) -> CatalogView<'_> {
+        self.shard.view()
+    }
+
+    /// The second half: exclusions, fusion with popularity, diversity, exploration, "% match"
+    /// and reasons over the personal list `personal` (best first).
+    pub fn rank(&self, query: &Query, opts: &RecommendOptions, personal: &[Hit]) -> Result<Vec<Recommendation>, WebError> {
         let view = self.shard.view();
-        let personal = score::search(view, &user, (5 * k).max(100), 1).map_err(|e| WebError::Model(e.to_string()))?;
-        let seen: HashSet<u32> = items.iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
         let excluded: HashSet<u32> = opts.exclude.iter().filter_map(|id| self.index.get(id).copied()).collect();
         let cfg = RankConfig {
-            k,
+            k: query.k,
             diversity: opts.diversity.unwrap_or(0.3),
             explore: opts.explore.unwrap_or(0.1),
             seed: self.seed,
@@ -294,11 +343,11 @@ impl Engine {
         let ranked = rank(
             &RankInput {
                 view,
-                user: &user,
-                personal: &personal,
+                user: &query.user,
+                personal,
                 popular: &self.popular,
-                history: &input.history,
-                seen: &seen,
+                history: &query.history,
+                seen: &query.seen,
                 excluded: &excluded,
                 calibration: self.calibration,
             },
@@ -454,6 +503,30 @@ mod tests {
         assert_eq!(e.history().len(), 4);
         e.wipe(20_000).unwrap();
         assert!(e.history().is_empty());
+    }
+
+    /// The page's GPU path (query → GpuScorer's int8 hits → refine → rank) gives exactly the CPU
+    /// path's list, here on lavapipe (the browser runs the same code on WebGPU).
+    #[test]
+    fn the_gpu_path_gives_the_cpu_paths_recommendations() {
+        use hearth_core::score::gpu::{GpuScorer, Kernel, request_device};
+        let f = files();
+        let mut e = open(&f, None, Secret::DeviceKey([3; 32])).unwrap();
+        let instance = wgpu::Instance::default();
+        let (device, queue, info) = pollster::block_on(request_device(&instance)).expect("a wgpu adapter (lavapipe: apt mesa-vulkan-drivers)");
+        let gpu = pollster::block_on(GpuScorer::new(&device, &queue, e.catalog_view(), Kernel::best_for(&instance))).unwrap();
+        let mut compared = 0;
+        for (t, item) in ["50", "172", "181", "1", "98", "313", "427", "7", "100", "258"].iter().enumerate() {
+            e.record(item, if t % 3 == 0 { "like" } else { "play" }, None, t as i64, None).unwrap();
+            for opts in [RecommendOptions::default(), RecommendOptions { k: Some(40), explore: Some(0.0), ..Default::default() }] {
+                let q = e.query(&opts).unwrap();
+                let hits = pollster::block_on(gpu.top_k(q.quantized(), q.candidates())).unwrap();
+                let on_gpu = e.rank(&q, &opts, &e.refine(&q, &hits)).unwrap();
+                assert_eq!(on_gpu, e.recommend(&opts).unwrap(), "after {} events on {}", t + 1, info.name);
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 20);
     }
 
     #[test]

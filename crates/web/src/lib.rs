@@ -37,9 +37,13 @@ pub fn dataset_summary(csv: &[u8]) -> Result<String, String> {
 
 #[cfg(target_family = "wasm")]
 mod js {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use hearth_core::score::gpu::{GpuScorer, Kernel, MAX_GPU_K, request_device};
     use wasm_bindgen::prelude::*;
 
-    use crate::engine::{Engine, ModelFiles, RecommendOptions, Secret, WebError};
+    use crate::engine::{Engine, ModelFiles, Query, RecommendOptions, Secret, WebError};
 
     #[wasm_bindgen(typescript_custom_section)]
     const TS: &'static str = r#"
@@ -54,6 +58,10 @@ export interface Recommendation {
 export interface HistoryItem { id: string; title: string; last: number; counts: Record<string, number>; rating: number | null; }
 /** A catalog search result. */
 export interface Found { id: string; title: string; }
+/** What this page scores with. */
+export interface Capabilities { modelVersion: number; items: number; dim: number; scorer: string; gpu: GpuInfo | null; }
+/** The WebGPU adapter the catalog scorer runs on. */
+export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | "unpacked"; }
 "#;
 
     fn js_err(e: WebError) -> JsValue {
@@ -66,10 +74,42 @@ export interface Found { id: string; title: string; }
         v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_err(WebError::BadInput(e.to_string())))
     }
 
-    /// One person's hearth in the page.
+    /// The catalog resident on the page's WebGPU device.
+    struct Gpu {
+        scorer: GpuScorer,
+        info: serde_json::Value,
+    }
+
+    /// One person's hearth in the page. Scoring runs on the CPU (wasm SIMD) until
+    /// [`Hearth::enable_gpu`] has put the catalog on a WebGPU device; then on the GPU, with the
+    /// same results (the GPU's int8 hits equal the CPU's, and re-ranking is shared).
     #[wasm_bindgen]
     pub struct Hearth {
-        engine: Engine,
+        engine: Rc<RefCell<Engine>>,
+        gpu: Rc<RefCell<Option<Rc<Gpu>>>>,
+    }
+
+    impl Hearth {
+        fn new(engine: Engine) -> Hearth {
+            Hearth { engine: Rc::new(RefCell::new(engine)), gpu: Rc::default() }
+        }
+    }
+
+    fn parse_opts(opts: JsValue) -> Result<RecommendOptions, JsValue> {
+        if opts.is_undefined() || opts.is_null() {
+            Ok(RecommendOptions::default())
+        } else {
+            serde_wasm_bindgen::from_value(opts).map_err(|e| js_err(WebError::BadInput(e.to_string())))
+        }
+    }
+
+    /// The GPU half of a recommendation: int8 candidates on the device, then the CPU's re-rank
+    /// and ranking. `None` when the device failed (the caller falls back to the CPU).
+    async fn recommend_on(gpu: &Gpu, engine: &RefCell<Engine>, query: &Query, opts: &RecommendOptions) -> Option<Result<JsValue, JsValue>> {
+        let hits = gpu.scorer.top_k(query.quantized(), query.candidates()).await.ok()?;
+        let engine = engine.borrow();
+        let personal = engine.refine(query, &hits);
+        Some(engine.rank(query, opts, &personal).map_err(js_err).and_then(|r| to_js(&r)))
     }
 
     #[wasm_bindgen]
@@ -96,7 +136,7 @@ export interface Found { id: string; title: string; }
                 (None, None) => return Err(js_err(WebError::BadInput("a passphrase or a device key is needed".into()))),
             };
             let files = ModelFiles { manifest, global, catalog, shard };
-            Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(|engine| Hearth { engine }).map_err(js_err)
+            Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
         }
 
         /// Opens with a passphrase key the page derived itself with WebCrypto's
@@ -123,7 +163,7 @@ export interface Found { id: string; title: string; }
                 salt: salt.try_into().map_err(|_| bad("the salt"))?,
             };
             let files = ModelFiles { manifest, global, catalog, shard };
-            Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(|engine| Hearth { engine }).map_err(js_err)
+            Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
         }
 
         /// `{iterations, salt}` of a sealed history's passphrase key, or `null` for a device key.
@@ -145,52 +185,125 @@ export interface Found { id: string; title: string; }
 
         /// Records an event; returns its id.
         pub fn record(&mut self, item: &str, kind: &str, value: Option<f64>, ts: f64, hour: Option<u8>) -> Result<String, JsValue> {
-            self.engine.record(item, kind, value, ts as i64, hour).map_err(js_err)
+            self.engine.borrow_mut().record(item, kind, value, ts as i64, hour).map_err(js_err)
         }
 
-        /// Recommendations now.
-        #[wasm_bindgen(unchecked_return_type = "Recommendation[]")]
-        pub fn recommend(&self, #[wasm_bindgen(unchecked_param_type = "RecommendOptions | undefined")] opts: JsValue) -> Result<JsValue, JsValue> {
-            let opts: RecommendOptions = if opts.is_undefined() || opts.is_null() {
-                RecommendOptions::default()
-            } else {
-                serde_wasm_bindgen::from_value(opts).map_err(|e| js_err(WebError::BadInput(e.to_string())))?
+        /// Puts the catalog on the browser's WebGPU device (the adapter's own limits, the packed
+        /// int8 dot product when the adapter has it). Resolves to the adapter's description;
+        /// rejects (code `gpu`) when there is no WebGPU adapter, and scoring stays on the CPU.
+        #[wasm_bindgen(js_name = enableGpu, unchecked_return_type = "Promise<GpuInfo>")]
+        pub fn enable_gpu(&self) -> js_sys::Promise {
+            let (engine, slot) = (self.engine.clone(), self.gpu.clone());
+            wasm_bindgen_futures::future_to_promise(async move {
+                let gpu_err = |e: hearth_core::score::gpu::GpuError| {
+                    let err = js_sys::Error::new(&e.to_string());
+                    let _ = js_sys::Reflect::set(&err, &"code".into(), &"gpu".into());
+                    JsValue::from(err)
+                };
+                let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+                    backends: wgpu::Backends::BROWSER_WEBGPU,
+                    ..wgpu::InstanceDescriptor::new_without_display_handle()
+                });
+                let kernel = Kernel::best_for(&instance);
+                let (device, queue, info) = request_device(&instance).await.map_err(gpu_err)?;
+                // The catalog is copied out so no borrow of the engine lives across an await.
+                let (dim, scales, rows) = {
+                    let engine = engine.borrow();
+                    let v = engine.catalog_view();
+                    (v.dim(), v.scales().to_vec(), v.rows().to_vec())
+                };
+                let view = hearth_core::quant::CatalogView::new(dim, &scales, &rows).map_err(|e| js_err(WebError::Model(e.to_string())))?;
+                let scorer = GpuScorer::new(&device, &queue, view, kernel).await.map_err(gpu_err)?;
+                let info = serde_json::json!({
+                    "adapter": if info.name.is_empty() { format!("{} {}", info.driver, info.driver_info).trim().to_owned() } else { info.name.clone() },
+                    "backend": info.backend.to_str(),
+                    "kernel": match kernel { Kernel::Packed => "packed", Kernel::Unpacked => "unpacked" },
+                });
+                let out = to_js(&info)?;
+                *slot.borrow_mut() = Some(Rc::new(Gpu { scorer, info }));
+                Ok(out)
+            })
+        }
+
+        /// Recommendations now: on the GPU once [`Hearth::enable_gpu`] succeeded (falling back to
+        /// the CPU for good if the device fails), on the CPU otherwise.
+        #[wasm_bindgen(unchecked_return_type = "Promise<Recommendation[]>")]
+        pub fn recommend(&self, #[wasm_bindgen(unchecked_param_type = "RecommendOptions | undefined")] opts: JsValue) -> js_sys::Promise {
+            let gpu = self.gpu.borrow().clone();
+            let prepared = parse_opts(opts).and_then(|opts| {
+                let query = self.engine.borrow().query(&opts).map_err(js_err)?;
+                Ok((opts, query))
+            });
+            let (opts, query) = match prepared {
+                Ok(p) => p,
+                Err(e) => return js_sys::Promise::reject(&e),
             };
-            to_js(&self.engine.recommend(&opts).map_err(js_err)?)
+            // Lists longer than the GPU selects (k above about 50) are scored on the CPU.
+            let Some(gpu) = gpu.filter(|_| query.candidates() <= MAX_GPU_K) else {
+                return match self.cpu_recommend(&opts) {
+                    Ok(v) => js_sys::Promise::resolve(&v),
+                    Err(e) => js_sys::Promise::reject(&e),
+                };
+            };
+            let (engine, slot) = (self.engine.clone(), self.gpu.clone());
+            wasm_bindgen_futures::future_to_promise(async move {
+                if let Some(done) = recommend_on(&gpu, &engine, &query, &opts).await {
+                    return done;
+                }
+                slot.borrow_mut().take();
+                let engine = engine.borrow();
+                to_js(&engine.recommend(&opts).map_err(js_err)?)
+            })
+        }
+
+        /// Recommendations now, computed on the CPU whatever the GPU state (synchronous).
+        #[wasm_bindgen(js_name = recommendCpu, unchecked_return_type = "Recommendation[]")]
+        pub fn recommend_cpu(&self, #[wasm_bindgen(unchecked_param_type = "RecommendOptions | undefined")] opts: JsValue) -> Result<JsValue, JsValue> {
+            self.cpu_recommend(&parse_opts(opts)?)
         }
 
         /// The history, most recent first.
         #[wasm_bindgen(unchecked_return_type = "HistoryItem[]")]
         pub fn history(&self) -> Result<JsValue, JsValue> {
-            to_js(&self.engine.history())
+            to_js(&self.engine.borrow().history())
         }
 
         /// Catalog search by title.
         #[wasm_bindgen(unchecked_return_type = "Found[]")]
         pub fn search(&self, query: &str, limit: usize) -> Result<JsValue, JsValue> {
-            to_js(&self.engine.search(query, limit))
+            to_js(&self.engine.borrow().search(query, limit))
         }
 
         /// Forgets an item everywhere.
         pub fn forget(&mut self, item: &str, now: f64) -> Result<(), JsValue> {
-            self.engine.forget(item, now as i64).map_err(js_err)
+            self.engine.borrow_mut().forget(item, now as i64).map_err(js_err)
         }
 
         /// Deletes the whole history.
         pub fn wipe(&mut self, now: f64) -> Result<(), JsValue> {
-            self.engine.wipe(now as i64).map_err(js_err)
+            self.engine.borrow_mut().wipe(now as i64).map_err(js_err)
         }
 
         /// The history sealed for storage.
         pub fn sealed(&mut self) -> Result<Vec<u8>, JsValue> {
-            self.engine.sealed().map_err(js_err)
+            self.engine.borrow_mut().sealed().map_err(js_err)
         }
 
-        /// `{modelVersion, items, dim, scorer}`.
+        /// `{modelVersion, items, dim, scorer, gpu}`: `scorer` is `webgpu` once the catalog is on
+        /// the GPU, else the CPU kernel (`wasm-simd128`).
+        #[wasm_bindgen(unchecked_return_type = "Capabilities")]
         pub fn capabilities(&self) -> Result<JsValue, JsValue> {
-            let (v, n, d) = self.engine.model_info();
-            let scorer = if cfg!(target_feature = "simd128") { "wasm-simd128" } else { "portable" };
-            to_js(&serde_json::json!({"modelVersion": v, "items": n, "dim": d, "scorer": scorer}))
+            let (v, n, d) = self.engine.borrow().model_info();
+            let gpu = self.gpu.borrow().as_ref().map(|g| g.info.clone());
+            let cpu = if cfg!(target_feature = "simd128") { "wasm-simd128" } else { "portable" };
+            let scorer = if gpu.is_some() { "webgpu" } else { cpu };
+            to_js(&serde_json::json!({"modelVersion": v, "items": n, "dim": d, "scorer": scorer, "gpu": gpu}))
+        }
+    }
+
+    impl Hearth {
+        fn cpu_recommend(&self, opts: &RecommendOptions) -> Result<JsValue, JsValue> {
+            to_js(&self.engine.borrow().recommend(opts).map_err(js_err)?)
         }
     }
 }

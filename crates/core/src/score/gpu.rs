@@ -20,8 +20,9 @@ use crate::quant::{CatalogView, QuantizedVector};
 const SOURCE: &str = include_str!("gpu.wgsl");
 /// Items (or candidates) one workgroup handles.
 const SEG: u64 = 1024;
-/// Largest `k` the GPU scorer selects (a quarter of a segment, so every pass shrinks the set).
-pub const MAX_GPU_K: usize = 256;
+/// Largest `k` the GPU scorer selects (half a segment, so every select pass at least halves the
+/// candidates).
+pub const MAX_GPU_K: usize = 512;
 const EMPTY: u32 = u32::MAX;
 
 /// Which dot-product kernel to compile.

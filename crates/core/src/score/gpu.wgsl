@@ -102,8 +102,8 @@ fn score_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     workgroupBarrier();
     bitonic(lid);
-    if (lid < sp.k) {
-        scored[sp.out_offset + seg * sp.k + lid] = Cand(keys[lid], idxs[lid]);
+    for (var o = lid; o < sp.k; o = o + THREADS) {
+        scored[sp.out_offset + seg * sp.k + o] = Cand(keys[o], idxs[o]);
     }
 }
 
@@ -129,7 +129,7 @@ fn select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     }
     workgroupBarrier();
     bitonic(lid);
-    if (lid < rp.k) {
-        cand_out[seg * rp.k + lid] = Cand(keys[lid], idxs[lid]);
+    for (var o = lid; o < rp.k; o = o + THREADS) {
+        cand_out[seg * rp.k + o] = Cand(keys[o], idxs[o]);
     }
 }
