@@ -88,13 +88,21 @@ function showGate(stored, device, model) {
       $("passphrase").value = "";
       $("gate").hidden = true;
       $("app").hidden = false;
-      const c = hearth.capabilities();
-      $("status").textContent = `Model v${c.modelVersion} · ${c.items.toLocaleString()} films · scoring on this device (${c.scorer})`;
+      showStatus();
       if (!returning) await persist();
-      // The load-time benchmark (bench/web.mjs) times recommend() directly; only with #bench.
-      if (location.hash === "#bench") window.hearthBench = { recommend: (o) => hearth.recommend(o) };
-      render();
+      // Tests and the benchmark (bench/web.mjs) call recommend() directly; only with #bench.
+      if (location.hash === "#bench") {
+        window.hearthBench = { recommend: (o) => hearth.recommend(o), enableGpu: () => hearth.enableGpu(), recommendCpu: (o) => hearth.recommendCpu(o), capabilities: () => hearth.capabilities() };
+      }
+      await render();
       $("search").focus();
+      // The catalog moves to the GPU (WebGPU) after the first recommendations are on screen; until
+      // then, and where there is no WebGPU, the CPU scores it (same results either way).
+      if (navigator.gpu) {
+        hearth.enableGpu().then(gpuLabel).then(showStatus, () => {}).finally(() => { document.documentElement.dataset.gpu = hearth.capabilities().scorer; });
+      } else {
+        document.documentElement.dataset.gpu = hearth.capabilities().scorer;
+      }
       // Offline use (sw.js caches the app and the model): registered once the first
       // recommendations are on screen, so its downloads never compete with them.
       if ("serviceWorker" in navigator) setTimeout(() => navigator.serviceWorker.register("/sw.js").catch(() => {}), 0);
@@ -105,6 +113,19 @@ function showGate(stored, device, model) {
       $("gate-button").disabled = false;
     }
   };
+}
+
+// Browsers often leave the adapter's description empty; its vendor and architecture name it.
+let adapterName = "";
+async function gpuLabel(info) {
+  const a = info.adapter ? null : (await navigator.gpu.requestAdapter())?.info;
+  adapterName = info.adapter || [a?.vendor, a?.architecture].filter(Boolean).join(" ") || "unnamed adapter";
+}
+
+function showStatus() {
+  const c = hearth.capabilities();
+  const on = c.gpu ? `on the GPU (WebGPU, ${adapterName})` : "on the CPU (wasm SIMD)";
+  $("status").textContent = `Model v${c.modelVersion} · ${c.items.toLocaleString()} films · scored on this device, ${on}`;
 }
 
 // PBKDF2-HMAC-SHA256 runs in WebCrypto (native code, ~10x faster than in wasm); the wasm module
@@ -152,8 +173,9 @@ async function persist() {
 async function act(fn) {
   try {
     fn();
-    render();
+    const shown = render();
     await persist();
+    await shown;
   } catch (e) {
     notice(explain(e));
   }
@@ -176,7 +198,9 @@ function ratingButtons(id, current) {
 
 // --- Rendering ---------------------------------------------------------------------------------
 let query = "";
-function render() {
+let renders = 0;
+async function render() {
+  const mine = ++renders;
   const history = hearth.history();
   const rated = new Map(history.map((h) => [h.id, h.rating]));
   // Search results.
@@ -184,14 +208,6 @@ function render() {
   $("results").replaceChildren(...results.map((f) =>
     el("li", { dataset: { id: f.id } }, el("span", { className: "title", textContent: f.title }), ratingButtons(f.id, rated.get(f.id)))));
   $("results-empty").hidden = results.length > 0;
-  // Recommendations.
-  const recs = hearth.recommend({ k: 10, diversity: Number($("diversity").value) });
-  $("recs").replaceChildren(...recs.map((r) =>
-    el("li", { className: r.source === "explore" ? "explore" : "", dataset: { id: r.id } },
-      el("span", { className: "title", textContent: r.title }),
-      el("span", { className: "match", textContent: `${r.matchPercent}% match` }),
-      el("span", { className: "reason", textContent: r.reason }),
-      Object.assign(ratingButtons(r.id), { className: "actions rec-actions" }))));
   // History.
   $("history").replaceChildren(...history.map((h) => {
     const what = h.rating != null ? `rated ${h.rating}★` : Object.keys(h.counts).join(", ");
@@ -200,6 +216,21 @@ function render() {
       el("button", { type: "button", className: "link", textContent: "Remove", title: `Forget ${h.title} everywhere`, onclick: () => act(() => hearth.forget(h.id, now())) }));
   }));
   $("history-empty").hidden = history.length > 0;
+  // Recommendations (on the GPU they arrive asynchronously; a newer render wins).
+  let recs;
+  try {
+    recs = await hearth.recommend({ k: 10, diversity: Number($("diversity").value) });
+  } catch (e) {
+    notice(explain(e));
+    return;
+  }
+  if (mine !== renders) return;
+  $("recs").replaceChildren(...recs.map((r) =>
+    el("li", { className: r.source === "explore" ? "explore" : "", dataset: { id: r.id } },
+      el("span", { className: "title", textContent: r.title }),
+      el("span", { className: "match", textContent: `${r.matchPercent}% match` }),
+      el("span", { className: "reason", textContent: r.reason }),
+      Object.assign(ratingButtons(r.id), { className: "actions rec-actions" }))));
 }
 
 let debounce = 0;

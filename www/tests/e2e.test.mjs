@@ -64,6 +64,7 @@ test("rate five films, see ten recommendations with reasons, reload, nothing lea
   assert.ok(reasons.filter((r) => r.startsWith("Because you liked ")).length >= 8, reasons.join(" | "));
   assert.ok(matches.every((m) => /^\d{1,3}% match$/.test(m)), matches.join(" | "));
   await page.locator(`html[data-saves="${FILMS.length + 1}"]`).waitFor({ state: "attached" });
+  await page.locator("html[data-gpu]").waitFor({ state: "attached" });
   await page.screenshot({ path: new URL("../screenshot.png", import.meta.url).pathname, fullPage: false });
 
   // IndexedDB holds only sealed bytes: no title, no item id of the rated films.
@@ -164,4 +165,48 @@ test("a damaged catalog and another model's catalog: clear messages, nothing los
   assert.deepEqual(await page.locator("#history li .title").allTextContents(), ["Casablanca (1942)"]);
   assert.deepEqual(errors, []);
   await context.close();
+});
+
+// Rates the five films in a fresh page of `b` (the #bench hook exposes recommend()) and waits until
+// the page has settled on its scorer.
+async function ratedPage(b) {
+  const context = await b.newContext();
+  const page = await context.newPage();
+  await page.goto(`${server.url}#bench`);
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  for (const f of FILMS) await rateFilm(page, f, 5);
+  await page.locator("html[data-gpu]").waitFor({ state: "attached" });
+  return { context, page, scorer: await page.evaluate(() => document.documentElement.dataset.gpu) };
+}
+const top = (page, opts) => page.evaluate(async (o) => (await window.hearthBench.recommend(o)).map((r) => `${r.id} ${r.matchPercent}% ${r.reason}`), opts);
+
+test("WebGPU (SwiftShader) and the CPU (WebGPU disabled) give the same top-10", async () => {
+  const gpu = await ratedPage(browser);
+  assert.equal(gpu.scorer, "webgpu", "SwiftShader's WebGPU adapter scores the catalog");
+  assert.match(await gpu.page.textContent("#status"), /on the GPU \(WebGPU/);
+  const caps = await gpu.page.evaluate(() => window.hearthBench.capabilities());
+  assert.equal(caps.gpu.kernel, "packed", "SwiftShader has packed_4x8_integer_dot_product");
+
+  const cpuBrowser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS.filter((a) => a !== "--enable-unsafe-webgpu").concat("--disable-webgpu"), headless: true });
+  try {
+    const cpu = await ratedPage(cpuBrowser);
+    assert.equal(cpu.scorer, "wasm-simd128");
+    assert.equal(await cpu.page.evaluate(async () => Boolean(await navigator.gpu?.requestAdapter())), false, "no WebGPU adapter");
+    assert.match(await cpu.page.textContent("#status"), /on the CPU \(wasm SIMD\)/);
+    // Exploration is seeded per session, so the pages are compared without it; within one page
+    // (one seed) the GPU and CPU lists are compared with it too.
+    for (const opts of [{ k: 10, explore: 0 }, { k: 10, explore: 0, diversity: 0 }, { k: 40, explore: 0 }]) {
+      const onGpu = await top(gpu.page, opts);
+      assert.equal(onGpu.length, opts.k);
+      assert.deepEqual(await top(cpu.page, opts), onGpu, JSON.stringify(opts));
+    }
+    const withExplore = await top(gpu.page, { k: 10 });
+    assert.deepEqual(await gpu.page.evaluate(() => window.hearthBench.recommendCpu({ k: 10 }).map((r) => `${r.id} ${r.matchPercent}% ${r.reason}`)), withExplore);
+    await cpu.context.close();
+  } finally {
+    await cpuBrowser.close();
+  }
+  await gpu.context.close();
 });

@@ -18,7 +18,7 @@ const [manifest, global, catalog, shard] = ["manifest.json", "global.bin", "cata
 const open = (sealed, pass, shardBytes = shard) =>
   Hearth.open(manifest, global, catalog, shardBytes, sealed, pass, undefined, "laptop", 7);
 
-test("rate five films, get ten with reasons, reopen sealed", () => {
+test("rate five films, get ten with reasons, reopen sealed", async () => {
   const h = open(undefined, "correct horse battery");
   assert.equal(h.capabilities().scorer, "wasm-simd128");
   const picks = ["Star Wars (1977)", "Empire Strikes Back, The (1980)", "Return of the Jedi (1983)",
@@ -28,7 +28,10 @@ test("rate five films, get ten with reasons, reopen sealed", () => {
     assert.equal(found.title, title);
     h.record(found.id, "rate", 5, 1000 + i, 20);
   });
-  const recs = h.recommend({ k: 10 });
+  const recs = await h.recommend({ k: 10 });
+  assert.deepEqual(h.recommendCpu({ k: 10 }), recs);
+  assert.equal(h.capabilities().scorer, "wasm-simd128");
+  assert.equal(h.capabilities().gpu, null);
   assert.equal(recs.length, 10);
   assert.ok(recs.every((r) => !picks.includes(r.title)));
   assert.ok(recs.filter((r) => r.becauseOf !== null).length >= 8, JSON.stringify(recs));
@@ -37,7 +40,7 @@ test("rate five films, get ten with reasons, reopen sealed", () => {
   assert.ok(!Buffer.from(sealed).includes("Star Wars"), "sealed bytes hold no title");
   const again = open(sealed, "correct horse battery");
   assert.deepEqual(again.history(), h.history());
-  assert.deepEqual(again.recommend({ k: 10 }), recs);
+  assert.deepEqual(await again.recommend({ k: 10 }), recs);
   assert.throws(() => open(sealed, "wrong horse battery"), (e) => e.code === "wrong-key");
   const bad = Buffer.from(shard);
   bad[bad.length >> 1] ^= 1;

@@ -15,6 +15,9 @@
 const SEG: u32 = 1024u;
 const THREADS: u32 = 256u;
 const EMPTY: u32 = 0xffffffffu;
+// Score of an empty slot, below any item's. (Browsers' WGSL compilers reject a constant
+// -inf; no item reaches it: |int8 dot| * scale stays below 1e38 for any valid shard.)
+const LOWEST: f32 = -3.0e38f;
 
 struct Cand {
     score: f32,
@@ -86,7 +89,7 @@ fn score_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     for (var r = 0u; r < SEG / THREADS; r = r + 1u) {
         let slot = r * THREADS + lid;
         let item = seg * SEG + slot;
-        var score = bitcast<f32>(0xff800000u); // -inf
+        var score = LOWEST;
         var index = EMPTY;
         if (item < sp.n) {
             var acc = 0i;
@@ -123,7 +126,7 @@ fn select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             keys[slot] = cand_in[c].score;
             idxs[slot] = cand_in[c].index;
         } else {
-            keys[slot] = bitcast<f32>(0xff800000u);
+            keys[slot] = LOWEST;
             idxs[slot] = EMPTY;
         }
     }
