@@ -16,6 +16,7 @@
 //! - `"w:<device>:<seq:016x>"` → wipe mark, the time of a wipe: a forget of every item;
 //! - `"p:age_band"`, `"p:locale"` (the profile, used only on the device) and
 //!   `"c:federated"`, `"c:privacy_budget"` (settings): last writer wins.
+//! - `"t:personal"`: the person's fine-tuned embedding offset ([`Tuning`], JSON): last writer wins.
 //!
 //! # Compaction
 //!
@@ -267,6 +268,18 @@ impl Default for Settings {
     fn default() -> Self {
         Settings { federated: false, privacy_budget: 8.0 }
     }
+}
+
+/// The person's fine-tuned embedding, as an offset added to the user tower's output (see
+/// `hearth_core::tune`). Only meaningful for the model version it was trained against.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tuning {
+    /// The model version whose tower and catalog it was trained with.
+    pub model_version: u32,
+    /// How many positive items it was trained on.
+    pub positives: u32,
+    /// `tuned - tower output`, one value per embedding dimension.
+    pub offset: Vec<f32>,
 }
 
 /// Why a history operation failed.
@@ -801,7 +814,7 @@ impl History {
         self.next_seq += 1;
         self.doc.put(ROOT, key.as_str(), now).map_err(doc_err)?;
         self.index.insert(key, Entry::Wipe(now));
-        for k in ["p:age_band", "p:locale", "c:federated", "c:privacy_budget"] {
+        for k in ["p:age_band", "p:locale", "c:federated", "c:privacy_budget", "t:personal"] {
             self.doc.delete(ROOT, k).map_err(doc_err)?;
         }
         self.sweep()?;
@@ -854,7 +867,7 @@ impl History {
             write_summary(&mut doc, s)?;
         }
         for k in self.doc.keys(ROOT) {
-            if ["f:", "w:", "p:", "c:"].iter().any(|p| k.starts_with(p))
+            if ["f:", "w:", "p:", "c:", "t:"].iter().any(|p| k.starts_with(p))
                 && let Some(v) = self.scalar(&k)
             {
                 doc.put(ROOT, k.as_str(), v).map_err(doc_err)?;
@@ -900,7 +913,7 @@ impl History {
             let carry = if k.starts_with("f:") || k.starts_with("w:") {
                 true
             } else {
-                (k.starts_with("p:") || k.starts_with("c:")) && !newly_wiped
+                ["p:", "c:", "t:"].iter().any(|p| k.starts_with(p)) && !newly_wiped
             };
             if carry && s.scalar(&k).is_none() && let Some(v) = self.scalar(&k) {
                 s.doc.put(ROOT, k.as_str(), v).map_err(doc_err)?;
@@ -986,6 +999,27 @@ impl History {
         }
     }
 
+    /// The fine-tuned embedding offset, if one is stored (and readable).
+    pub fn tuning(&self) -> Option<Tuning> {
+        let text = self.scalar("t:personal")?;
+        serde_json::from_str(text.to_str()?).ok()
+    }
+
+    /// Stores (or with `None` removes) the fine-tuned embedding offset.
+    pub fn set_tuning(&mut self, t: Option<&Tuning>) -> Result<(), HistoryError> {
+        match t {
+            Some(t) => {
+                if t.offset.is_empty() || t.offset.len() > crate::quant::MAX_DIM || !t.offset.iter().all(|v| v.is_finite()) {
+                    return Err(HistoryError::BadValue("a tuning offset needs 1 to 4096 finite values"));
+                }
+                let json = serde_json::to_string(t).map_err(|e| HistoryError::Corrupt(e.to_string()))?;
+                self.doc.put(ROOT, "t:personal", json.as_str()).map_err(doc_err)?;
+            }
+            None => self.doc.delete(ROOT, "t:personal").map_err(doc_err)?,
+        }
+        Ok(())
+    }
+
     /// Replaces the settings.
     pub fn set_settings(&mut self, s: &Settings) -> Result<(), HistoryError> {
         if !(s.privacy_budget.is_finite() && s.privacy_budget >= 0.0) {
@@ -1000,6 +1034,23 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tuning_is_stored_kept_by_compaction_and_wiped() {
+        let mut h = History::new("phone");
+        h.record("a", Kind::Like, 10, None, &[]).unwrap();
+        assert_eq!(h.tuning(), None);
+        let t = Tuning { model_version: 1, positives: 1, offset: vec![0.5, -0.25] };
+        h.set_tuning(Some(&t)).unwrap();
+        assert_eq!(History::load(&h.save(), "phone").unwrap().tuning(), Some(t.clone()));
+        h.compact(0).unwrap();
+        assert_eq!(h.tuning(), Some(t.clone()));
+        assert!(h.set_tuning(Some(&Tuning { offset: vec![f32::NAN], ..t.clone() })).is_err());
+        assert!(h.set_tuning(Some(&Tuning { offset: vec![], ..t.clone() })).is_err());
+        assert_eq!(h.tuning(), Some(t));
+        h.wipe(100).unwrap();
+        assert_eq!(h.tuning(), None);
+    }
 
     #[test]
     fn record_list_forget_wipe_and_reload() {

@@ -48,3 +48,5 @@ pub mod tower;
 pub mod vault;
 #[cfg(feature = "model")]
 pub mod model;
+#[cfg(feature = "model")]
+pub mod tune;

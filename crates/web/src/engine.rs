@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use hearth_core::bundle::{BundleError, Catalog, ModelBundle, SERVED_ARCHITECTURE};
-use hearth_core::history::{History, HistoryError, KIND_NAMES, Kind};
+use hearth_core::history::{History, HistoryError, KIND_NAMES, Kind, Tuning};
 use hearth_core::quant::{CatalogShard, CatalogView, QuantizedVector, quantize};
 use hearth_core::rank::{Calibration, RankConfig, RankInput, Reason, Source, rank};
 use hearth_core::score::{self, Hit};
@@ -171,6 +171,15 @@ pub struct Found {
     pub title: String,
 }
 
+/// What the training worker needs: see [`Engine::training_input`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingInput {
+    /// The user tower's vector.
+    pub start: Vec<f32>,
+    /// Catalog indices of the positive items.
+    pub positives: Vec<u32>,
+}
+
 /// A recommendation in progress: see [`Engine::query`].
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -311,10 +320,49 @@ impl Engine {
         }
         let items = self.history.items();
         let input = self.catalog.person_input_of(&items, &self.history.profile(), |id| self.index.get(id).copied());
-        let user = self.tower.person_vector(&input);
+        let mut user = self.tower.person_vector(&input);
+        if let Some(offset) = self.offset() {
+            user.iter_mut().zip(offset).for_each(|(u, o)| *u += o);
+        }
         let quantized = quantize(&user).map_err(|e| WebError::Model(e.to_string()))?;
         let seen = items.iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
         Ok(Query { k, pool: (5 * k).max(100), user, quantized, history: input.history, seen })
+    }
+
+    /// The stored fine-tuning offset, when it fits this model.
+    fn offset(&self) -> Option<Vec<f32>> {
+        self.history
+            .tuning()
+            .filter(|t| t.model_version == self.model_version && t.offset.len() == self.shard.dim())
+            .map(|t| t.offset)
+    }
+
+    /// What the training worker fine-tunes: the user tower's vector for the history now (without
+    /// any earlier tuning) and the positive items' catalog indices. `None` without positives.
+    pub fn training_input(&self) -> Option<TrainingInput> {
+        let items = self.history.items();
+        let input = self.catalog.person_input_of(&items, &self.history.profile(), |id| self.index.get(id).copied());
+        if input.history.is_empty() {
+            return None;
+        }
+        Some(TrainingInput { start: self.tower.person_vector(&input), positives: input.history })
+    }
+
+    /// Stores the worker's result: from now on `tuned - start` is added to the tower's vector.
+    pub fn set_tuned(&mut self, start: &[f32], tuned: &[f32], positives: u32) -> Result<(), WebError> {
+        let d = self.shard.dim();
+        if start.len() != d || tuned.len() != d {
+            return Err(WebError::BadInput(format!("a tuned vector has {d} values")));
+        }
+        let offset = tuned.iter().zip(start).map(|(t, s)| t - s).collect();
+        let tuning = Tuning { model_version: self.model_version, positives, offset };
+        Ok(self.history.set_tuning(Some(&tuning))?)
+    }
+
+    /// How many positives the stored tuning was trained on and its size (L2 norm of the offset).
+    pub fn tuning(&self) -> Option<(u32, f32)> {
+        let positives = self.history.tuning()?.positives;
+        self.offset().map(|o| (positives, o.iter().map(|v| v * v).sum::<f32>().sqrt()))
     }
 
     /// Re-ranks a GPU scorer's int8 candidates with the unquantized vector, exactly as the CPU
@@ -527,6 +575,39 @@ mod tests {
             }
         }
         assert_eq!(compared, 20);
+    }
+
+    /// The worker's result moves the vector recommendations are scored with, survives sealing,
+    /// and a tuning for another model version is ignored.
+    #[test]
+    fn a_tuned_vector_is_used_and_kept() {
+        let f = files();
+        let mut e = open(&f, None, Secret::DeviceKey([4; 32])).unwrap();
+        assert_eq!(e.training_input(), None);
+        for item in ["50", "172", "181"] {
+            e.record(item, "like", None, 1, None).unwrap();
+        }
+        let input = e.training_input().unwrap();
+        assert_eq!(input.positives.len(), 3);
+        let opts = RecommendOptions { explore: Some(0.0), ..Default::default() };
+        let plain = e.recommend(&opts).unwrap();
+        assert_eq!(e.query(&opts).unwrap().user, input.start);
+        // Tuned towards one unseen film's vector.
+        let target = e.catalog_view().row(400).iter().zip(std::iter::repeat(e.catalog_view().scales()[400])).map(|(&q, s)| f32::from(q) * s * 5.0);
+        let tuned: Vec<f32> = input.start.iter().zip(target).map(|(a, b)| a + b).collect();
+        e.set_tuned(&input.start, &tuned, 3).unwrap();
+        assert_eq!(e.tuning().map(|t| t.0), Some(3));
+        let moved = e.recommend(&opts).unwrap();
+        assert_ne!(moved, plain);
+        let now = e.query(&opts).unwrap().user;
+        assert!(now.iter().zip(&tuned).all(|(a, b)| (a - b).abs() < 1e-4), "the tuned vector is what is scored");
+        let sealed = e.sealed().unwrap();
+        let again = open(&f, Some(&sealed), Secret::DeviceKey([4; 32])).unwrap();
+        assert_eq!(again.recommend(&opts).unwrap(), moved);
+        assert_eq!(e.set_tuned(&input.start[1..], &tuned, 3).err().map(|e| e.code()), Some("bad-input"));
+        e.history.set_tuning(Some(&Tuning { model_version: 99, positives: 3, offset: vec![1.0; 64] })).unwrap();
+        assert_eq!(e.tuning(), None);
+        assert_eq!(e.recommend(&opts).unwrap(), plain);
     }
 
     #[test]
