@@ -91,9 +91,10 @@ function showGate(stored, device, model) {
       showStatus();
       if (!returning) await persist();
       // Tests and the benchmark (bench/web.mjs) call recommend() directly; only with #bench.
-      if (location.hash === "#bench") {
-        window.hearthBench = { recommend: (o) => hearth.recommend(o), enableGpu: () => hearth.enableGpu(), recommendCpu: (o) => hearth.recommendCpu(o), capabilities: () => hearth.capabilities() };
+      if (location.hash.startsWith("#bench")) {
+        window.hearthBench = { recommend: (o) => hearth.recommend(o), enableGpu: () => hearth.enableGpu(), tunings: () => tunings, tune: () => { autoTune = true; scheduleTuning(); }, recommendCpu: (o) => hearth.recommendCpu(o), capabilities: () => hearth.capabilities() };
       }
+      modelShard = model[3];
       await render();
       $("search").focus();
       // The catalog moves to the GPU (WebGPU) after the first recommendations are on screen; until
@@ -125,7 +126,8 @@ async function gpuLabel(info) {
 function showStatus() {
   const c = hearth.capabilities();
   const on = c.gpu ? `on the GPU (WebGPU, ${adapterName})` : "on the CPU (wasm SIMD)";
-  $("status").textContent = `Model v${c.modelVersion} · ${c.items.toLocaleString()} films · scored on this device, ${on}`;
+  const tuned = c.tuned ? ` · tuned to you on this device (${c.tuned.positives} films)` : "";
+  $("status").textContent = `Model v${c.modelVersion} · ${c.items.toLocaleString()} films · scored on this device, ${on}${tuned}`;
 }
 
 // PBKDF2-HMAC-SHA256 runs in WebCrypto (native code, ~10x faster than in wasm); the wasm module
@@ -156,6 +158,54 @@ async function openWith(model, stored, pass, device) {
     }
     throw e;
   }
+}
+
+// --- Fine-tuning on this device -----------------------------------------------------------------
+// When the page is idle and the positives changed, a Web Worker loads the training module (burn,
+// WebGPU or CPU) and fine-tunes the person's embedding on them; the result is stored in the
+// sealed history and used from then on. Nothing of it leaves the device.
+let modelShard = null;
+let worker = null;
+let tunedFor = "";
+let tuning = false;
+let trainOn = "auto"; // "cpu" after WebGPU training failed once
+// Tests compare scorers before any tuning: `#bench-notune` waits for hearthBench.tune().
+let autoTune = !location.hash.includes("notune");
+const tunings = []; // {backend, losses, ms, positives}: for the curious and the tests
+function scheduleTuning() {
+  if (tuning || !hearth || !autoTune) return;
+  const input = hearth.trainingInput();
+  if (!input || input.positives.length < 3 || input.positives.join() === tunedFor) return;
+  const idle = window.requestIdleCallback || ((f) => setTimeout(f, 200));
+  tuning = true;
+  idle(() => tune(input).finally(() => { tuning = false; scheduleTuning(); }), { timeout: 3000 });
+}
+async function tune(input) {
+  worker ??= new Worker("/train-worker.js", { type: "module" });
+  const result = await new Promise((ok) => {
+    worker.onmessage = ({ data }) => ok(data);
+    worker.onerror = (e) => ok({ ok: false, message: e.message });
+    worker.postMessage({ shard: modelShard, start: input.start, positives: input.positives, backend: trainOn, steps: 40, seed });
+  });
+  const key = input.positives.join();
+  if (!result.ok) {
+    // A failed run leaves the module unusable: start a fresh worker next time, on the CPU.
+    console.warn("fine-tuning failed:", result.message);
+    worker.terminate();
+    worker = null;
+    if (trainOn === "cpu") tunedFor = key; // no retry of the same input
+    trainOn = "cpu";
+    return;
+  }
+  tunedFor = key;
+  const current = hearth.trainingInput();
+  if (!current || current.positives.join() !== key) return; // the history moved on: tune again
+  hearth.setTuned(input.start, new Float32Array(result.vector), input.positives.length);
+  tunings.push({ backend: result.backend, losses: result.losses, ms: result.ms, positives: input.positives.length });
+  showStatus();
+  await persist();
+  await render();
+  document.documentElement.dataset.tuned = String(tunings.length);
 }
 
 let saves = 0;
@@ -231,6 +281,7 @@ async function render() {
       el("span", { className: "match", textContent: `${r.matchPercent}% match` }),
       el("span", { className: "reason", textContent: r.reason }),
       Object.assign(ratingButtons(r.id), { className: "actions rec-actions" }))));
+  scheduleTuning();
 }
 
 let debounce = 0;

@@ -25,9 +25,9 @@ const TYPES = {
   ".svg": "image/svg+xml",
   ".webmanifest": "application/manifest+json",
 };
-const PAGE = new Set(["index.html", "app.js", "storage.js", "sw.js", "style.css", "icon.svg"]);
+const PAGE = new Set(["index.html", "app.js", "storage.js", "sw.js", "train-worker.js", "style.css", "icon.svg"]);
 const MODEL = new Set(["manifest.json", "global.bin", "catalog.json", "items.shard"]);
-const PKG = new Set(["hearth_web.js", "hearth_web_bg.wasm"]);
+const PKG = new Set(["hearth_web.js", "hearth_web_bg.wasm", "hearth_train.js", "hearth_train_bg.wasm"]);
 
 export function start({ port = 8080, pkg, model, log = false } = {}) {
   const target = process.env.CARGO_TARGET_DIR || join(process.env.HOME || "", ".cache/hearth/target");

@@ -63,7 +63,7 @@ test("rate five films, see ten recommendations with reasons, reload, nothing lea
   assert.ok(titles.every((t) => !FILMS.includes(t)), titles.join(" | "));
   assert.ok(reasons.filter((r) => r.startsWith("Because you liked ")).length >= 8, reasons.join(" | "));
   assert.ok(matches.every((m) => /^\d{1,3}% match$/.test(m)), matches.join(" | "));
-  await page.locator(`html[data-saves="${FILMS.length + 1}"]`).waitFor({ state: "attached" });
+  await page.waitForFunction((n) => Number(document.documentElement.dataset.saves) >= n, FILMS.length + 1);
   await page.locator("html[data-gpu]").waitFor({ state: "attached" });
   await page.screenshot({ path: new URL("../screenshot.png", import.meta.url).pathname, fullPage: false });
 
@@ -96,7 +96,7 @@ test("rate five films, see ten recommendations with reasons, reload, nothing lea
     const path = new URL(r.url).pathname;
     assert.equal(r.method, "GET", r.url);
     assert.ok(!r.body || r.body.length === 0, r.url);
-    assert.match(path, /^\/(|app\.js|storage\.js|style\.css|icon\.svg|sw\.js|pkg\/hearth_web(\.js|_bg\.wasm)|model\/(manifest\.json|global\.bin|catalog\.json|items\.shard))$/, r.url);
+    assert.match(path, /^\/(|app\.js|storage\.js|style\.css|icon\.svg|sw\.js|train-worker\.js|pkg\/hearth_(web|train)(\.js|_bg\.wasm)|model\/(manifest\.json|global\.bin|catalog\.json|items\.shard))$/, r.url);
     assert.equal(new URL(r.url).search, "", r.url);
   }
   assert.deepEqual(errors, []);
@@ -172,7 +172,7 @@ test("a damaged catalog and another model's catalog: clear messages, nothing los
 async function ratedPage(b) {
   const context = await b.newContext();
   const page = await context.newPage();
-  await page.goto(`${server.url}#bench`);
+  await page.goto(`${server.url}#bench-notune`);
   await page.locator("#gate:not([hidden])").waitFor();
   await unlock(page, PASS);
   await page.locator("#app:not([hidden])").waitFor();
@@ -182,7 +182,25 @@ async function ratedPage(b) {
 }
 const top = (page, opts) => page.evaluate(async (o) => (await window.hearthBench.recommend(o)).map((r) => `${r.id} ${r.matchPercent}% ${r.reason}`), opts);
 
-test("WebGPU (SwiftShader) and the CPU (WebGPU disabled) give the same top-10", async () => {
+// Lets the page fine-tune the person's embedding in its training worker and checks that it
+// really trained on `backend`: the loss fell and the vector recommendations use moved.
+async function tunedOn(page, backend) {
+  const before = await page.evaluate(() => window.hearthBench.capabilities().tuned);
+  assert.equal(before, null);
+  await page.evaluate(() => window.hearthBench.tune());
+  await page.locator("html[data-tuned]").waitFor({ state: "attached", timeout: 120_000 });
+  const [t] = await page.evaluate(() => window.hearthBench.tunings());
+  assert.equal(t.backend, backend);
+  assert.equal(t.positives, FILMS.length);
+  assert.equal(t.losses.length, 40);
+  assert.ok(t.losses.at(-1) < 0.8 * t.losses[0], `the loss fell: ${t.losses.join(", ")}`);
+  const tuned = await page.evaluate(() => window.hearthBench.capabilities().tuned);
+  assert.ok(tuned.norm > 0.01, `the embedding changed by ${tuned.norm}`);
+  assert.match(await page.textContent("#status"), /tuned to you on this device \(5 films\)/);
+  return t;
+}
+
+test("WebGPU (SwiftShader) and the CPU (WebGPU disabled) give the same top-10; the worker trains on both", async () => {
   const gpu = await ratedPage(browser);
   assert.equal(gpu.scorer, "webgpu", "SwiftShader's WebGPU adapter scores the catalog");
   assert.match(await gpu.page.textContent("#status"), /on the GPU \(WebGPU/);
@@ -204,6 +222,14 @@ test("WebGPU (SwiftShader) and the CPU (WebGPU disabled) give the same top-10", 
     }
     const withExplore = await top(gpu.page, { k: 10 });
     assert.deepEqual(await gpu.page.evaluate(() => window.hearthBench.recommendCpu({ k: 10 }).map((r) => `${r.id} ${r.matchPercent}% ${r.reason}`)), withExplore);
+
+    // The training worker (second wasm module) fine-tunes on WebGPU and on the CPU.
+    const [onGpu, onCpu] = await Promise.all([tunedOn(gpu.page, "webgpu"), tunedOn(cpu.page, "cpu")]);
+    console.log(`# fine-tuning, 40 steps: WebGPU ${onGpu.ms} ms, loss ${onGpu.losses[0].toFixed(3)} -> ${onGpu.losses.at(-1).toFixed(3)}; CPU ${onCpu.ms} ms, loss ${onCpu.losses[0].toFixed(3)} -> ${onCpu.losses.at(-1).toFixed(3)}`);
+    // And the tuned vector scores the same on the GPU and the CPU.
+    const tunedTop = await top(gpu.page, { k: 10 });
+    assert.notDeepEqual(tunedTop, withExplore, "recommendations moved with the tuned embedding");
+    assert.deepEqual(await gpu.page.evaluate(() => window.hearthBench.recommendCpu({ k: 10 }).map((r) => `${r.id} ${r.matchPercent}% ${r.reason}`)), tunedTop);
     await cpu.context.close();
   } finally {
     await cpuBrowser.close();

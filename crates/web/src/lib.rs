@@ -59,7 +59,11 @@ export interface HistoryItem { id: string; title: string; last: number; counts: 
 /** A catalog search result. */
 export interface Found { id: string; title: string; }
 /** What this page scores with. */
-export interface Capabilities { modelVersion: number; items: number; dim: number; scorer: string; gpu: GpuInfo | null; }
+export interface Capabilities { modelVersion: number; items: number; dim: number; scorer: string; gpu: GpuInfo | null; tuned: TunedInfo | null; }
+/** The stored fine-tuning: how many positives it learned from and the size of its offset. */
+export interface TunedInfo { positives: number; norm: number; }
+/** What the training worker fine-tunes. */
+export interface TrainingInput { start: Float32Array; positives: Uint32Array; }
 /** The WebGPU adapter the catalog scorer runs on. */
 export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | "unpacked"; }
 "#;
@@ -297,7 +301,30 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             let gpu = self.gpu.borrow().as_ref().map(|g| g.info.clone());
             let cpu = if cfg!(target_feature = "simd128") { "wasm-simd128" } else { "portable" };
             let scorer = if gpu.is_some() { "webgpu" } else { cpu };
-            to_js(&serde_json::json!({"modelVersion": v, "items": n, "dim": d, "scorer": scorer, "gpu": gpu}))
+            let tuned = self.engine.borrow().tuning().map(|(p, norm)| serde_json::json!({"positives": p, "norm": norm}));
+            to_js(&serde_json::json!({"modelVersion": v, "items": n, "dim": d, "scorer": scorer, "gpu": gpu, "tuned": tuned}))
+        }
+
+        /// `{start, positives}` for the training worker (the tower's vector for the history now
+        /// and the positive items' catalog indices), or `null` without positives.
+        #[wasm_bindgen(js_name = trainingInput, unchecked_return_type = "TrainingInput | null")]
+        pub fn training_input(&self) -> JsValue {
+            match self.engine.borrow().training_input() {
+                Some(t) => {
+                    let out = js_sys::Object::new();
+                    let _ = js_sys::Reflect::set(&out, &"start".into(), &js_sys::Float32Array::from(&t.start[..]));
+                    let _ = js_sys::Reflect::set(&out, &"positives".into(), &js_sys::Uint32Array::from(&t.positives[..]));
+                    out.into()
+                }
+                None => JsValue::NULL,
+            }
+        }
+
+        /// Stores the worker's tuned vector (trained from `start` on `positives` items); from now
+        /// on recommendations use it. Saved with the history.
+        #[wasm_bindgen(js_name = setTuned)]
+        pub fn set_tuned(&mut self, start: &[f32], tuned: &[f32], positives: u32) -> Result<(), JsValue> {
+            self.engine.borrow_mut().set_tuned(start, tuned, positives).map_err(js_err)
         }
     }
 
