@@ -18,8 +18,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 # mesa-vulkan-drivers: lavapipe, the software Vulkan that wgpu uses without a GPU.
 # clang: ring's C code for wasm32 (gcc cannot target it).
-# chromium: the browser the demo's end-to-end tests drive (through npm playwright-core).
-for pkg in mesa-vulkan-drivers libvulkan1 clang chromium; do
+# chromium: the browser the demo's end-to-end tests drive (through npm playwright-core);
+# chromium-driver: how wasm-bindgen-test-runner drives it for the web crate's browser tests.
+for pkg in mesa-vulkan-drivers libvulkan1 clang chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 # npm (any version) installs the pinned tooling, including the Node 22 that workerd needs.

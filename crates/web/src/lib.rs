@@ -36,6 +36,9 @@ pub fn dataset_summary(csv: &[u8]) -> Result<String, String> {
 }
 
 #[cfg(target_family = "wasm")]
+pub use js::Hearth;
+
+#[cfg(target_family = "wasm")]
 mod js {
     use std::cell::RefCell;
     use std::rc::Rc;
