@@ -89,7 +89,6 @@ function showGate(stored, device, model) {
       $("gate").hidden = true;
       $("app").hidden = false;
       showStatus();
-      if (!returning) await persist();
       // Tests and the benchmark (bench/web.mjs) call recommend() directly; only with #bench.
       if (location.hash.startsWith("#bench")) {
         window.hearthBench = { recommend: (o) => hearth.recommend(o), enableGpu: () => hearth.enableGpu(), tunings: () => tunings, tune: () => { autoTune = true; scheduleTuning(); }, recommendCpu: (o) => hearth.recommendCpu(o), capabilities: () => hearth.capabilities() };
@@ -97,6 +96,7 @@ function showGate(stored, device, model) {
       modelShard = model[3];
       await render();
       $("search").focus();
+      if (!returning) await persist(); // after the first recommendations are on screen
       // The catalog moves to the GPU (WebGPU) after the first recommendations are on screen; until
       // then, and where there is no WebGPU, the CPU scores it (same results either way).
       if (navigator.gpu) {
