@@ -216,6 +216,12 @@ impl<'a> CatalogView<'a> {
         self.rows
     }
 
+    /// Item `i` dequantized (`q * scale`): the vector scoring sees.
+    pub fn dequantize(&self, i: usize) -> Vec<f32> {
+        let s = self.scales[i];
+        self.row(i).iter().map(|&q| f32::from(q) * s).collect()
+    }
+
     /// The int8 row of item `i`.
     pub fn row(&self, i: usize) -> &'a [i8] {
         &self.rows[i * self.dim..(i + 1) * self.dim]
@@ -309,8 +315,7 @@ impl CatalogShard {
 
     /// Item `i` dequantized (`q * scale`).
     pub fn dequantize(&self, i: usize) -> Vec<f32> {
-        let s = self.scales[i];
-        self.view().row(i).iter().map(|&q| q as f32 * s).collect()
+        self.view().dequantize(i)
     }
 
     /// Serialises to bytes.

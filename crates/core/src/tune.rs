@@ -93,14 +93,7 @@ pub async fn fine_tune<B: AutodiffBackend>(
     if cfg.steps == 0 || cfg.negatives == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) || !(cfg.pull.is_finite() && cfg.pull >= 0.0) {
         return Err(TuneError::Invalid("steps and negatives must be >= 1, lr > 0, pull >= 0".into()));
     }
-    let rows = |ids: &[u32]| -> Vec<f32> {
-        ids.iter()
-            .flat_map(|&i| {
-                let scale = view.scales()[i as usize];
-                view.row(i as usize).iter().map(move |&q| f32::from(q) * scale)
-            })
-            .collect()
-    };
+    let rows = |ids: &[u32]| -> Vec<f32> { ids.iter().flat_map(|&i| view.dequantize(i as usize)).collect() };
     let p = pos.len();
     let positives_t = Tensor::<B, 2>::from_data(TensorData::new(rows(&pos), [p, d]), device);
     let anchor = Tensor::<B, 2>::from_data(TensorData::new(start.to_vec(), [1, d]), device);
@@ -136,13 +129,18 @@ pub async fn fine_tune<B: AutodiffBackend>(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(cfg.lr, model, grads);
     }
-    let read = |e: burn::tensor::backend::ExecutionError| TuneError::Backend(format!("{e:?}"));
-    let losses: Vec<f32> = Tensor::cat(losses, 0).into_data_async().await.map_err(read)?.to_vec().map_err(|e| TuneError::Backend(format!("{e:?}")))?;
+    let losses: Vec<f32> = read(Tensor::cat(losses, 0)).await?;
     if let Some(bad) = losses.iter().find(|l| !l.is_finite()) {
         return Err(TuneError::Diverged(*bad));
     }
-    let vector: Vec<f32> = model.u.val().inner().into_data_async().await.map_err(read)?.to_vec().map_err(|e| TuneError::Backend(format!("{e:?}")))?;
+    let vector: Vec<f32> = read(model.u.val().inner().reshape([d])).await?;
     Ok(Tuned { vector, losses })
+}
+
+/// A tensor's values, read back asynchronously (WebGPU cannot block).
+async fn read<B: Backend>(t: Tensor<B, 1>) -> Result<Vec<f32>, TuneError> {
+    let data = t.into_data_async().await.map_err(|e| TuneError::Backend(format!("{e:?}")))?;
+    data.to_vec().map_err(|e| TuneError::Backend(format!("{e:?}")))
 }
 
 #[cfg(all(test, feature = "cpu"))]

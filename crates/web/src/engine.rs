@@ -4,8 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use hearth_core::bundle::{BundleError, Catalog, ModelBundle, SERVED_ARCHITECTURE};
-use hearth_core::history::{History, HistoryError, KIND_NAMES, Kind, Tuning};
+use hearth_core::bundle::{BundleError, Catalog, ModelBundle, PersonInput, SERVED_ARCHITECTURE};
+use hearth_core::history::{History, HistoryError, ItemSignal, KIND_NAMES, Kind, Tuning};
 use hearth_core::quant::{CatalogShard, CatalogView, QuantizedVector, quantize};
 use hearth_core::rank::{Calibration, RankConfig, RankInput, Reason, Source, rank};
 use hearth_core::score::{self, Hit};
@@ -43,10 +43,14 @@ pub enum WebError {
     /// Bad input from the caller.
     #[error("{0}")]
     BadInput(String),
+    /// No WebGPU adapter, or the device refused the scorer (scoring stays on the CPU).
+    #[error("WebGPU is not available: {0}")]
+    Gpu(String),
 }
 
 impl WebError {
-    /// A short stable code: `model`, `shard`, `model-version`, `wrong-key`, `damaged`, `bad-input`.
+    /// A short stable code: `model`, `shard`, `model-version`, `wrong-key`, `damaged`, `bad-input`,
+    /// `gpu`.
     pub fn code(&self) -> &'static str {
         match self {
             WebError::Model(_) => "model",
@@ -55,6 +59,7 @@ impl WebError {
             WebError::WrongKey => "wrong-key",
             WebError::Damaged(_) => "damaged",
             WebError::BadInput(_) => "bad-input",
+            WebError::Gpu(_) => "gpu",
         }
     }
 }
@@ -318,8 +323,7 @@ impl Engine {
         if k == 0 || k > 100 {
             return Err(WebError::BadInput("k must be 1 to 100".into()));
         }
-        let items = self.history.items();
-        let input = self.catalog.person_input_of(&items, &self.history.profile(), |id| self.index.get(id).copied());
+        let (items, input) = self.person_input();
         let mut user = self.tower.person_vector(&input);
         if let Some(offset) = self.offset() {
             user.iter_mut().zip(offset).for_each(|(u, o)| *u += o);
@@ -327,6 +331,13 @@ impl Engine {
         let quantized = quantize(&user).map_err(|e| WebError::Model(e.to_string()))?;
         let seen = items.iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
         Ok(Query { k, pool: (5 * k).max(100), user, quantized, history: input.history, seen })
+    }
+
+    /// The history's item signals and what the user tower reads of them.
+    fn person_input(&self) -> (Vec<ItemSignal>, PersonInput) {
+        let items = self.history.items();
+        let input = self.catalog.person_input_of(&items, &self.history.profile(), |id| self.index.get(id).copied());
+        (items, input)
     }
 
     /// The stored fine-tuning offset, when it fits this model.
@@ -340,8 +351,7 @@ impl Engine {
     /// What the training worker fine-tunes: the user tower's vector for the history now (without
     /// any earlier tuning) and the positive items' catalog indices. `None` without positives.
     pub fn training_input(&self) -> Option<TrainingInput> {
-        let items = self.history.items();
-        let input = self.catalog.person_input_of(&items, &self.history.profile(), |id| self.index.get(id).copied());
+        let (_, input) = self.person_input();
         if input.history.is_empty() {
             return None;
         }
@@ -593,7 +603,7 @@ mod tests {
         let plain = e.recommend(&opts).unwrap();
         assert_eq!(e.query(&opts).unwrap().user, input.start);
         // Tuned towards one unseen film's vector.
-        let target = e.catalog_view().row(400).iter().zip(std::iter::repeat(e.catalog_view().scales()[400])).map(|(&q, s)| f32::from(q) * s * 5.0);
+        let target = e.catalog_view().dequantize(400).into_iter().map(|v| v * 5.0);
         let tuned: Vec<f32> = input.start.iter().zip(target).map(|(a, b)| a + b).collect();
         e.set_tuned(&input.start, &tuned, 3).unwrap();
         assert_eq!(e.tuning().map(|t| t.0), Some(3));

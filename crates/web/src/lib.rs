@@ -202,11 +202,7 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         pub fn enable_gpu(&self) -> js_sys::Promise {
             let (engine, slot) = (self.engine.clone(), self.gpu.clone());
             wasm_bindgen_futures::future_to_promise(async move {
-                let gpu_err = |e: hearth_core::score::gpu::GpuError| {
-                    let err = js_sys::Error::new(&e.to_string());
-                    let _ = js_sys::Reflect::set(&err, &"code".into(), &"gpu".into());
-                    JsValue::from(err)
-                };
+                let gpu_err = |e: hearth_core::score::gpu::GpuError| js_err(WebError::Gpu(e.to_string()));
                 let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
                     backends: wgpu::Backends::BROWSER_WEBGPU,
                     ..wgpu::InstanceDescriptor::new_without_display_handle()
