@@ -266,15 +266,19 @@ async function render() {
       el("button", { type: "button", className: "link", textContent: "Remove", title: `Forget ${h.title} everywhere`, onclick: () => act(() => hearth.forget(h.id, now())) }));
   }));
   $("history-empty").hidden = history.length > 0;
-  // Recommendations (on the GPU they arrive asynchronously; a newer render wins).
+  // Recommendations (on the GPU they arrive asynchronously; a newer render wins, and the list is
+  // aria-busy until the newest one is on screen).
+  $("recs").setAttribute("aria-busy", "true");
   let recs;
   try {
     recs = await hearth.recommend({ k: 10, diversity: Number($("diversity").value) });
   } catch (e) {
     notice(explain(e));
-    return;
+    recs = null;
   }
   if (mine !== renders) return;
+  $("recs").removeAttribute("aria-busy");
+  if (!recs) return;
   $("recs").replaceChildren(...recs.map((r) =>
     el("li", { className: r.source === "explore" ? "explore" : "", dataset: { id: r.id } },
       el("span", { className: "title", textContent: r.title }),

@@ -54,6 +54,7 @@ test("rate five films, see ten recommendations with reasons, reload, nothing lea
   for (const f of FILMS) await rateFilm(page, f, 5);
   await page.fill("#search", "");
   await page.locator("#results li").first().waitFor({ state: "detached" });
+  await page.locator("#recs:not([aria-busy])").waitFor(); // the newest list, not one in flight
   const recs = page.locator("#recs li");
   await assert.doesNotReject(recs.nth(9).waitFor());
   assert.equal(await recs.count(), 10);
