@@ -8,9 +8,15 @@
 //! pooled twice, a plain mean and a softmax over learned recency logits (most recent first),
 //! over history-item embeddings plus their pooled tag embeddings; the profile's tags pool into
 //! a demographic vector; both go through a two-layer MLP.
+//!
+//! `gpu` (feature `gpu`): the same forward pass as a WGSL kernel on a wgpu device (f32
+//! throughout), which also quantizes the result for the GPU catalog scan in the same submission.
 
 use crate::artifact::{ModelDims, TensorFile};
 use crate::bundle::{BundleError, GLOBAL, ModelBundle, PersonInput};
+
+#[cfg(feature = "gpu")]
+pub mod gpu;
 
 /// Names and shapes of the global tensors for given dimensions (the file layout's contract).
 pub fn global_shapes(d: &ModelDims) -> Vec<(&'static str, Vec<usize>)> {
@@ -26,6 +32,14 @@ pub fn global_shapes(d: &ModelDims) -> Vec<(&'static str, Vec<usize>)> {
         ("w2", vec![d.hidden, d.dim]),
         ("b2", vec![d.dim]),
     ]
+}
+
+/// What the tower reads of `input`: the history's catalog indices, most recent first (the newest
+/// `history` in the catalog), and the profile's tags in the vocabulary.
+fn read_input(d: &ModelDims, input: &PersonInput) -> (Vec<usize>, Vec<usize>) {
+    let recent = input.history.iter().rev().map(|&i| i as usize).filter(|&i| i < d.items).take(d.history).collect();
+    let tags = input.tags.iter().map(|&t| t as usize).filter(|&t| t < d.user_tags).collect();
+    (recent, tags)
 }
 
 /// The user tower of one model, ready to run.
@@ -85,15 +99,7 @@ impl UserTower {
     /// catalog or the tag vocabulary are ignored.
     pub fn person_vector(&self, input: &PersonInput) -> Vec<f32> {
         let d = self.dims.dim;
-        // Most recent first, as the model reads them.
-        let recent: Vec<usize> = input
-            .history
-            .iter()
-            .rev()
-            .map(|&i| i as usize)
-            .filter(|&i| i < self.dims.items)
-            .take(self.dims.history)
-            .collect();
+        let (recent, tags) = read_input(&self.dims, input);
         let n = recent.len();
         let mean_w = 1.0 / n.max(1) as f64;
         // Softmax of the recency logits over the positions that hold an item.
@@ -119,7 +125,6 @@ impl UserTower {
                 }
             }
         }
-        let tags: Vec<usize> = input.tags.iter().map(|&t| t as usize).filter(|&t| t < self.dims.user_tags).collect();
         for &t in &tags {
             let w = 1.0 / tags.len() as f64;
             for (o, &v) in x[2 * d..].iter_mut().zip(&self.user_tag[t * d..(t + 1) * d]) {

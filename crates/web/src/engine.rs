@@ -190,16 +190,20 @@ pub struct TrainingInput {
 pub struct Query {
     k: usize,
     pool: usize,
-    user: Vec<f32>,
-    quantized: QuantizedVector,
-    history: Vec<u32>,
+    input: PersonInput,
+    offset: Option<Vec<f32>>,
     seen: HashSet<u32>,
 }
 
 impl Query {
-    /// The person's vector, int8-quantized for the catalog scan.
-    pub fn quantized(&self) -> &QuantizedVector {
-        &self.quantized
+    /// What the user tower reads: the person's positive items and profile tags.
+    pub fn input(&self) -> &PersonInput {
+        &self.input
+    }
+
+    /// The person's fine-tuning offset (added to the tower's vector), when they have one.
+    pub fn offset(&self) -> Option<&[f32]> {
+        self.offset.as_deref()
     }
 
     /// How many int8 candidates the scan should return (before [`Engine::refine`]).
@@ -308,29 +312,46 @@ impl Engine {
         Ok(id)
     }
 
-    /// Recommendations for the person now, scored on the CPU (wasm SIMD in a browser).
+    /// Recommendations for the person now, computed on the CPU (wasm SIMD in a browser).
     pub fn recommend(&self, opts: &RecommendOptions) -> Result<Vec<Recommendation>, WebError> {
         let query = self.query(opts)?;
-        let personal = score::search(self.shard.view(), &query.user, query.pool, 1).map_err(|e| WebError::Model(e.to_string()))?;
-        self.rank(&query, opts, &personal)
+        let user = self.user_vector(&query);
+        let personal = score::search(self.shard.view(), &user, query.pool, 1).map_err(|e| WebError::Model(e.to_string()))?;
+        self.rank(&query, &user, opts, &personal)
     }
 
-    /// The first half of a recommendation: the person's vector from their history now (the user
-    /// tower, on the CPU) and how many personal candidates ranking needs. A GPU scorer takes it
-    /// from here: [`Query::candidates`] int8 hits for [`Query::quantized`], then [`Engine::refine`].
+    /// The first step of a recommendation: what the user tower reads of the history now, the
+    /// fine-tuning offset, what is excluded as seen, and how many personal candidates ranking
+    /// needs. Then the person's vector ([`Engine::user_vector`] on the CPU, or the GPU tower),
+    /// the scan ([`Query::candidates`] int8 hits, [`Engine::refine`]d with the vector), and
+    /// [`Engine::rank`].
     pub fn query(&self, opts: &RecommendOptions) -> Result<Query, WebError> {
         let k = opts.k.unwrap_or(10);
         if k == 0 || k > 100 {
             return Err(WebError::BadInput("k must be 1 to 100".into()));
         }
         let (items, input) = self.person_input();
-        let mut user = self.tower.person_vector(&input);
-        if let Some(offset) = self.offset() {
+        let seen = items.iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
+        Ok(Query { k, pool: (5 * k).max(100), input, offset: self.offset(), seen })
+    }
+
+    /// The person's vector for `query`, from the user tower on the CPU (plus their offset).
+    pub fn user_vector(&self, query: &Query) -> Vec<f32> {
+        let mut user = self.tower.person_vector(&query.input);
+        if let Some(offset) = &query.offset {
             user.iter_mut().zip(offset).for_each(|(u, o)| *u += o);
         }
-        let quantized = quantize(&user).map_err(|e| WebError::Model(e.to_string()))?;
-        let seen = items.iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
-        Ok(Query { k, pool: (5 * k).max(100), user, quantized, history: input.history, seen })
+        user
+    }
+
+    /// The person's vector int8-quantized for a catalog scan.
+    pub fn quantized(user: &[f32]) -> Result<QuantizedVector, WebError> {
+        quantize(user).map_err(|e| WebError::Model(e.to_string()))
+    }
+
+    /// The user tower the GPU tower is built from.
+    pub fn tower(&self) -> &UserTower {
+        &self.tower
     }
 
     /// The history's item signals and what the user tower reads of them.
@@ -364,6 +385,9 @@ impl Engine {
         if start.len() != d || tuned.len() != d {
             return Err(WebError::BadInput(format!("a tuned vector has {d} values")));
         }
+        if start.iter().chain(tuned).any(|v| !v.is_finite()) {
+            return Err(WebError::BadInput("a tuned vector holds a value that is not finite".into()));
+        }
         let offset = tuned.iter().zip(start).map(|(t, s)| t - s).collect();
         let tuning = Tuning { model_version: self.model_version, positives, offset };
         Ok(self.history.set_tuning(Some(&tuning))?)
@@ -375,10 +399,11 @@ impl Engine {
         self.offset().map(|o| (positives, o.iter().map(|v| v * v).sum::<f32>().sqrt()))
     }
 
-    /// Re-ranks a GPU scorer's int8 candidates with the unquantized vector, exactly as the CPU
-    /// path does: the same candidates give the same personal list on every scorer.
-    pub fn refine(&self, query: &Query, candidates: &[Hit]) -> Vec<Hit> {
-        score::refine(self.shard.view(), &query.user, candidates, query.pool)
+    /// Re-ranks a GPU scorer's int8 candidates with the unquantized vector `user`, exactly as
+    /// the CPU path does: the same candidates and vector give the same personal list on every
+    /// scorer.
+    pub fn refine(&self, query: &Query, user: &[f32], candidates: &[Hit]) -> Vec<Hit> {
+        score::refine(self.shard.view(), user, candidates, query.pool)
     }
 
     /// The catalog as the GPU scorer uploads it.
@@ -388,7 +413,10 @@ impl Engine {
 
     /// The second half: exclusions, fusion with popularity, diversity, exploration, "% match"
     /// and reasons over the personal list `personal` (best first).
-    pub fn rank(&self, query: &Query, opts: &RecommendOptions, personal: &[Hit]) -> Result<Vec<Recommendation>, WebError> {
+    pub fn rank(&self, query: &Query, user: &[f32], opts: &RecommendOptions, personal: &[Hit]) -> Result<Vec<Recommendation>, WebError> {
+        if user.len() != self.shard.dim() {
+            return Err(WebError::BadInput(format!("a user vector has {} values", self.shard.dim())));
+        }
         let view = self.shard.view();
         let excluded: HashSet<u32> = opts.exclude.iter().filter_map(|id| self.index.get(id).copied()).collect();
         let cfg = RankConfig {
@@ -401,10 +429,10 @@ impl Engine {
         let ranked = rank(
             &RankInput {
                 view,
-                user: &query.user,
+                user,
                 personal,
                 popular: &self.popular,
-                history: &query.history,
+                history: &query.input.history,
                 seen: &query.seen,
                 excluded: &excluded,
                 calibration: self.calibration,
@@ -568,19 +596,34 @@ mod tests {
     #[test]
     fn the_gpu_path_gives_the_cpu_paths_recommendations() {
         use hearth_core::score::gpu::{GpuScorer, Kernel, request_device};
+        use hearth_core::tower::gpu::GpuTower;
         let f = files();
         let mut e = open(&f, None, Secret::DeviceKey([3; 32])).unwrap();
         let instance = wgpu::Instance::default();
         let (device, queue, info) = pollster::block_on(request_device(&instance)).expect("a wgpu adapter (lavapipe: apt mesa-vulkan-drivers)");
         let gpu = pollster::block_on(GpuScorer::new(&device, &queue, e.catalog_view(), Kernel::best_for(&instance))).unwrap();
+        let tower = pollster::block_on(GpuTower::new(&device, &queue, e.tower())).unwrap();
         let mut compared = 0;
         for (t, item) in ["50", "172", "181", "1", "98", "313", "427", "7", "100", "258"].iter().enumerate() {
             e.record(item, if t % 3 == 0 { "like" } else { "play" }, None, t as i64, None).unwrap();
             for opts in [RecommendOptions::default(), RecommendOptions { k: Some(40), explore: Some(0.0), ..Default::default() }] {
                 let q = e.query(&opts).unwrap();
-                let hits = pollster::block_on(gpu.top_k(q.quantized(), q.candidates())).unwrap();
-                let on_gpu = e.rank(&q, &opts, &e.refine(&q, &hits)).unwrap();
-                assert_eq!(on_gpu, e.recommend(&opts).unwrap(), "after {} events on {}", t + 1, info.name);
+                let user = e.user_vector(&q);
+                let hits = pollster::block_on(gpu.top_k(&Engine::quantized(&user).unwrap(), q.candidates())).unwrap();
+                let on_gpu = e.rank(&q, &user, &opts, &e.refine(&q, &user, &hits)).unwrap();
+                let on_cpu = e.recommend(&opts).unwrap();
+                assert_eq!(on_gpu, on_cpu, "after {} events on {}", t + 1, info.name);
+                // The tower on the device too (what the page runs): its f32 vector differs from
+                // the CPU's in the last bits, so the raw scores may too; the list may not.
+                let (out, hits) = pollster::block_on(gpu.top_k_for(&tower, q.input(), q.offset(), q.candidates())).unwrap();
+                let worst = out.user.iter().zip(&user).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-5, "GPU tower vs CPU tower: {worst}");
+                let fused = e.rank(&q, &out.user, &opts, &e.refine(&q, &out.user, &hits)).unwrap();
+                assert_eq!(fused.len(), on_cpu.len());
+                for (a, b) in fused.iter().zip(&on_cpu) {
+                    assert_eq!((&a.id, a.match_percent, &a.reason, a.source), (&b.id, b.match_percent, &b.reason, b.source), "after {} events", t + 1);
+                    assert!((a.score - b.score).abs() <= 1e-5 * b.score.abs().max(1.0), "{} vs {}", a.score, b.score);
+                }
                 compared += 1;
             }
         }
@@ -601,7 +644,7 @@ mod tests {
         assert_eq!(input.positives.len(), 3);
         let opts = RecommendOptions { explore: Some(0.0), ..Default::default() };
         let plain = e.recommend(&opts).unwrap();
-        assert_eq!(e.query(&opts).unwrap().user, input.start);
+        assert_eq!(e.user_vector(&e.query(&opts).unwrap()), input.start);
         // Tuned towards one unseen film's vector.
         let target = e.catalog_view().dequantize(400).into_iter().map(|v| v * 5.0);
         let tuned: Vec<f32> = input.start.iter().zip(target).map(|(a, b)| a + b).collect();
@@ -609,12 +652,16 @@ mod tests {
         assert_eq!(e.tuning().map(|t| t.0), Some(3));
         let moved = e.recommend(&opts).unwrap();
         assert_ne!(moved, plain);
-        let now = e.query(&opts).unwrap().user;
+        let now = e.user_vector(&e.query(&opts).unwrap());
         assert!(now.iter().zip(&tuned).all(|(a, b)| (a - b).abs() < 1e-4), "the tuned vector is what is scored");
         let sealed = e.sealed().unwrap();
         let again = open(&f, Some(&sealed), Secret::DeviceKey([4; 32])).unwrap();
         assert_eq!(again.recommend(&opts).unwrap(), moved);
         assert_eq!(e.set_tuned(&input.start[1..], &tuned, 3).err().map(|e| e.code()), Some("bad-input"));
+        let mut nan = tuned.clone();
+        nan[5] = f32::NAN;
+        assert_eq!(e.set_tuned(&input.start, &nan, 3).err().map(|e| e.code()), Some("bad-input"));
+        assert_eq!(e.recommend(&opts).unwrap(), moved, "a refused tuning changes nothing");
         e.history.set_tuning(Some(&Tuning { model_version: 99, positives: 3, offset: vec![1.0; 64] })).unwrap();
         assert_eq!(e.tuning(), None);
         assert_eq!(e.recommend(&opts).unwrap(), plain);

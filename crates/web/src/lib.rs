@@ -44,6 +44,7 @@ mod js {
     use std::rc::Rc;
 
     use hearth_core::score::gpu::{GpuScorer, Kernel, MAX_GPU_K, request_device};
+    use hearth_core::tower::gpu::GpuTower;
     use wasm_bindgen::prelude::*;
 
     use crate::engine::{Engine, ModelFiles, Query, RecommendOptions, Secret, WebError};
@@ -81,8 +82,9 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_err(WebError::BadInput(e.to_string())))
     }
 
-    /// The catalog resident on the page's WebGPU device.
+    /// The user tower and the catalog resident on the page's WebGPU device.
     struct Gpu {
+        tower: GpuTower,
         scorer: GpuScorer,
         info: serde_json::Value,
     }
@@ -110,13 +112,14 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         }
     }
 
-    /// The GPU half of a recommendation: int8 candidates on the device, then the CPU's re-rank
-    /// and ranking. `None` when the device failed (the caller falls back to the CPU).
+    /// The GPU half of a recommendation: the user tower and the int8 scan on the device (one
+    /// submission, one read-back), then the CPU's re-rank with the tower's vector and ranking.
+    /// `None` when the device failed (the caller falls back to the CPU).
     async fn recommend_on(gpu: &Gpu, engine: &RefCell<Engine>, query: &Query, opts: &RecommendOptions) -> Option<Result<JsValue, JsValue>> {
-        let hits = gpu.scorer.top_k(query.quantized(), query.candidates()).await.ok()?;
+        let (out, hits) = gpu.scorer.top_k_for(&gpu.tower, query.input(), query.offset(), query.candidates()).await.ok()?;
         let engine = engine.borrow();
-        let personal = engine.refine(query, &hits);
-        Some(engine.rank(query, opts, &personal).map_err(js_err).and_then(|r| to_js(&r)))
+        let personal = engine.refine(query, &out.user, &hits);
+        Some(engine.rank(query, &out.user, opts, &personal).map_err(js_err).and_then(|r| to_js(&r)))
     }
 
     #[wasm_bindgen]
@@ -195,9 +198,10 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             self.engine.borrow_mut().record(item, kind, value, ts as i64, hour).map_err(js_err)
         }
 
-        /// Puts the catalog on the browser's WebGPU device (the adapter's own limits, the packed
-        /// int8 dot product when the adapter has it). Resolves to the adapter's description;
-        /// rejects (code `gpu`) when there is no WebGPU adapter, and scoring stays on the CPU.
+        /// Puts the user tower and the catalog on the browser's WebGPU device (the adapter's own
+        /// limits, the packed int8 dot product when the adapter has it). Resolves to the adapter's
+        /// description; rejects (code `gpu`) when there is no WebGPU adapter, and recommendations
+        /// stay on the CPU.
         #[wasm_bindgen(js_name = enableGpu, unchecked_return_type = "Promise<GpuInfo>")]
         pub fn enable_gpu(&self) -> js_sys::Promise {
             let (engine, slot) = (self.engine.clone(), self.gpu.clone());
@@ -209,21 +213,22 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
                 });
                 let kernel = Kernel::best_for(&instance);
                 let (device, queue, info) = request_device(&instance).await.map_err(gpu_err)?;
-                // The catalog is copied out so no borrow of the engine lives across an await.
-                let (dim, scales, rows) = {
+                // The tower and catalog are copied out so no borrow of the engine lives across an await.
+                let (cpu_tower, dim, scales, rows) = {
                     let engine = engine.borrow();
                     let v = engine.catalog_view();
-                    (v.dim(), v.scales().to_vec(), v.rows().to_vec())
+                    (engine.tower().clone(), v.dim(), v.scales().to_vec(), v.rows().to_vec())
                 };
                 let view = hearth_core::quant::CatalogView::new(dim, &scales, &rows).map_err(|e| js_err(WebError::Model(e.to_string())))?;
                 let scorer = GpuScorer::new(&device, &queue, view, kernel).await.map_err(gpu_err)?;
+                let tower = GpuTower::new(&device, &queue, &cpu_tower).await.map_err(gpu_err)?;
                 let info = serde_json::json!({
                     "adapter": if info.name.is_empty() { format!("{} {}", info.driver, info.driver_info).trim().to_owned() } else { info.name.clone() },
                     "backend": info.backend.to_str(),
                     "kernel": match kernel { Kernel::Packed => "packed", Kernel::Unpacked => "unpacked" },
                 });
                 let out = to_js(&info)?;
-                *slot.borrow_mut() = Some(Rc::new(Gpu { scorer, info }));
+                *slot.borrow_mut() = Some(Rc::new(Gpu { tower, scorer, info }));
                 Ok(out)
             })
         }

@@ -1,6 +1,7 @@
 //! The web crate's JavaScript API in real Chromium (wasm-bindgen-test-runner + chromedriver, flags
 //! in `webdriver.json`): open the committed model, record, recommend, seal and reopen; then move
-//! the catalog to WebGPU (SwiftShader) and check the GPU gives the CPU's lists.
+//! the user tower and the catalog to WebGPU (SwiftShader) and check the GPU gives the CPU's
+//! lists, and that the tower computes on WebGPU what it computes on the CPU.
 //!
 //! `.ci/test` runs it: `CHROMEDRIVER=/usr/bin/chromedriver cargo test -p hearth-web
 //! --target wasm32-unknown-unknown --test browser` with wasm-bindgen-test-runner as the runner.
@@ -37,6 +38,20 @@ fn opts(k: u32, explore: f64) -> JsValue {
 
 fn get(v: &JsValue, key: &str) -> JsValue {
     js_sys::Reflect::get(v, &key.into()).unwrap()
+}
+
+/// The same recommendations: equal in everything but the raw score, which may differ in the last
+/// bits when the user tower ran on the GPU (f32) rather than the CPU (f64 sums).
+fn assert_same_list(gpu: &JsValue, cpu: &JsValue, what: &str) {
+    let (gpu, cpu) = (js_sys::Array::from(gpu), js_sys::Array::from(cpu));
+    assert_eq!(gpu.length(), cpu.length(), "{what}");
+    for (a, b) in gpu.iter().zip(cpu.iter()) {
+        for key in ["id", "title", "matchPercent", "reason", "becauseOf", "source"] {
+            assert_eq!(json(&get(&a, key)), json(&get(&b, key)), "{what}: {key}");
+        }
+        let (x, y) = (get(&a, "score").as_f64().unwrap(), get(&b, "score").as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{what}: score {x} vs {y}");
+    }
 }
 
 #[wasm_bindgen_test]
@@ -80,10 +95,59 @@ async fn webgpu_scores_like_the_cpu() {
     for (k, explore) in [(10, 0.0), (10, 0.1), (40, 0.0), (25, 0.3)] {
         let gpu = JsFuture::from(h.recommend(opts(k, explore))).await.unwrap();
         assert_eq!(js_sys::Array::from(&gpu).length(), k);
-        assert_eq!(json(&gpu), json(&h.recommend_cpu(opts(k, explore)).unwrap()), "k {k} explore {explore}");
+        assert_same_list(&gpu, &h.recommend_cpu(opts(k, explore)).unwrap(), &format!("k {k} explore {explore}"));
     }
-    assert_eq!(json(&JsFuture::from(h.recommend(opts(10, 0.0))).await.unwrap()), json(&before));
+    assert_same_list(&JsFuture::from(h.recommend(opts(10, 0.0))).await.unwrap(), &before, "before and after enableGpu");
     // k = 100 needs more candidates than the GPU selects: scored on the CPU, still answered.
     let long = JsFuture::from(h.recommend(opts(100, 0.0))).await.unwrap();
     assert_eq!(js_sys::Array::from(&long).length(), 100);
+}
+
+/// The user tower's WGSL kernel on SwiftShader computes what the plain-Rust tower computes (which
+/// equals burn's forward pass within 2.1e-6: `cargo test -p hearth-tests the_plain_rust`), for
+/// random histories and profiles, out-of-range indices and a fine-tuning offset included.
+#[wasm_bindgen_test]
+async fn the_user_tower_on_webgpu_matches_the_cpu_tower() {
+    use hearth_core::bundle::{ModelBundle, PersonInput, SERVED_ARCHITECTURE};
+    use hearth_core::score::gpu::request_device;
+    use hearth_core::tower::UserTower;
+    use hearth_core::tower::gpu::GpuTower;
+    let mut read = |name: &str| match name {
+        "manifest.json" => Some(MANIFEST.to_vec()),
+        "global.bin" => Some(GLOBAL.to_vec()),
+        "catalog.json" => Some(CATALOG.to_vec()),
+        _ => None,
+    };
+    let bundle = ModelBundle::from_files(SERVED_ARCHITECTURE, &mut read).unwrap();
+    let cpu = UserTower::from_bundle(&bundle).unwrap();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends: wgpu::Backends::BROWSER_WEBGPU, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+    let (device, queue, _) = request_device(&instance).await.expect("a WebGPU adapter (SwiftShader with --enable-unsafe-webgpu)");
+    let gpu = GpuTower::new(&device, &queue, &cpu).await.unwrap();
+    let dims = cpu.dims();
+    // xorshift: seeded, no dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut worst = 0f32;
+    for case in 0..120 {
+        let len = next(70) as usize;
+        let history = (0..len).map(|_| next(dims.items as u64 + 3) as u32).collect();
+        let tags = (0..next(4)).map(|_| next(dims.user_tags as u64 + 2) as u32).collect();
+        let input = PersonInput { history, tags };
+        let offset: Option<Vec<f32>> = (case % 3 == 0).then(|| (0..dims.dim).map(|_| next(2001) as f32 / 1000.0 - 1.0).collect());
+        let out = gpu.person_vector(&input, offset.as_deref()).await.unwrap();
+        let mut expected = cpu.person_vector(&input);
+        if let Some(o) = &offset {
+            expected.iter_mut().zip(o).for_each(|(e, o)| *e += o);
+        }
+        let diff = out.user.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        worst = worst.max(diff);
+        assert!(diff < 1e-5, "case {case}: max |diff| {diff}");
+        assert_eq!(out.quantized.values.len(), dims.dim);
+    }
+    wasm_bindgen_test::console_log!("GPU tower (SwiftShader) vs CPU tower over 120 people: max |diff| {worst:e}");
 }

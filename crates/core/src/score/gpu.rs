@@ -15,7 +15,9 @@ use std::task::{Context, Poll, Waker};
 use wgpu::util::DeviceExt;
 
 use super::{Hit, finish};
+use crate::bundle::PersonInput;
 use crate::quant::{CatalogView, QuantizedVector};
+use crate::tower::gpu::{GpuTower, TowerOutput};
 
 const SOURCE: &str = include_str!("gpu.wgsl");
 /// Items (or candidates) one workgroup handles.
@@ -90,6 +92,19 @@ pub enum GpuError {
     /// Reading the results back failed.
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
+    /// A buffer is larger than the device's storage-binding limit.
+    #[error("{what} ({bytes} bytes) does not fit the device's {limit}-byte storage binding")]
+    TooLarge {
+        /// What did not fit.
+        what: &'static str,
+        /// Its size.
+        bytes: u64,
+        /// The device limit.
+        limit: u64,
+    },
+    /// The user tower's vector holds a NaN or an infinity (from a damaged fine-tuning offset).
+    #[error("the user vector is not finite")]
+    NotFinite,
 }
 
 /// Opens the first high-performance adapter of `instance` with its own limits (the defaults cap
@@ -143,11 +158,11 @@ fn pack(values: &[i8], words: usize) -> Vec<u32> {
         .collect()
 }
 
-fn bytes_of_u32(v: &[u32]) -> Vec<u8> {
+pub(crate) fn bytes_of_u32(v: &[u32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn bytes_of_f32(v: &[f32]) -> Vec<u8> {
+pub(crate) fn bytes_of_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -236,7 +251,7 @@ impl GpuScorer {
         let query = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("hearth query"),
             size: row_bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
         queue.submit([]);
@@ -277,19 +292,68 @@ impl GpuScorer {
             return Err(GpuError::Device(e.to_string()));
         }
         let bytes = read_back(&self.device, &staging).await?;
-        let hits = bytes
-            .chunks_exact(8)
-            .map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]), u32::from_le_bytes([c[4], c[5], c[6], c[7]])))
-            .filter(|&(_, index)| index != EMPTY)
-            .map(|(score, index)| Hit { index, score })
-            .collect();
-        Ok(finish(hits, q.scale))
+        Ok(finish(hits_of(&bytes), q.scale))
+    }
+
+    /// The best `k` items for a person, with the user tower on the device too: `tower` computes
+    /// their vector (plus `offset`, their fine-tuning offset) and the int8 query, and the scan
+    /// selects from it, in one submission with one read-back. Returns the tower's output (the
+    /// vector refines and ranks the hits) and the hits, as [`GpuScorer::top_k`] would give for
+    /// that query. `tower` must live on this scorer's device.
+    pub async fn top_k_for(&self, tower: &GpuTower, input: &PersonInput, offset: Option<&[f32]>, k: usize) -> Result<(TowerOutput, Vec<Hit>), GpuError> {
+        if tower.dim() != self.dim {
+            return Err(GpuError::QueryWidth { expected: self.dim, found: tower.dim() });
+        }
+        if k > MAX_GPU_K {
+            return Err(GpuError::KTooLarge(k));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let ran = tower.stage(input, offset).map(|()| {
+            let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hearth person top-k") });
+            tower.encode(&mut encoder, &self.query);
+            let hits_bytes = k as u64 * 8;
+            let staging = tower.staging(hits_bytes);
+            if k > 0 && self.len > 0 {
+                let current = self.encode_scan(&mut encoder, k);
+                encoder.copy_buffer_to_buffer(&current, 0, &staging, 0, hits_bytes);
+            }
+            tower.copy_output(&mut encoder, &self.query, &staging, hits_bytes);
+            self.queue.submit([encoder.finish()]);
+            staging
+        });
+        let error = scope.pop().await;
+        let staging = ran?;
+        if let Some(e) = error {
+            return Err(GpuError::Device(e.to_string()));
+        }
+        let bytes = read_back(&self.device, &staging).await?;
+        let (hits, rest) = bytes.split_at((k * 8).min(bytes.len()));
+        let out = tower.output(rest)?;
+        let hits = if k > 0 && self.len > 0 { finish(hits_of(hits), out.quantized.scale) } else { vec![] };
+        Ok((out, hits))
     }
 
     fn dispatch(&self, q: &QuantizedVector, k: usize) -> Result<wgpu::Buffer, GpuError> {
+        self.queue.write_buffer(&self.query, 0, &bytes_of_u32(&pack(&q.values, self.words as usize)));
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hearth top-k") });
+        let current = self.encode_scan(&mut encoder, k);
+        let size = k as u64 * 8;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("hearth read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(&current, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        Ok(staging)
+    }
+
+    /// Records the scan of the packed query in `self.query` (score and select passes); returns
+    /// the buffer whose first `k` candidates are the best, in rank order.
+    fn encode_scan(&self, encoder: &mut wgpu::CommandEncoder, k: usize) -> wgpu::Buffer {
         let (device, queue) = (&self.device, &self.queue);
         let k32 = k as u32;
-        queue.write_buffer(&self.query, 0, &bytes_of_u32(&pack(&q.values, self.words as usize)));
         let segments: u32 = self.chunks.iter().map(|c| c.segments).sum();
         let cand_buffer = |count: u64, label: &str| {
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -300,7 +364,6 @@ impl GpuScorer {
             })
         };
         let mut current = cand_buffer(segments as u64 * k as u64, "hearth candidates");
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hearth top-k") });
         let mut out_offset = 0u32;
         for c in &self.chunks {
             let params = [c.n, self.words, c.base, k32, out_offset, 0, 0, 0];
@@ -353,22 +416,23 @@ impl GpuScorer {
             current = next;
             m = groups * k32;
         }
-        let size = k as u64 * 8;
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("hearth read-back"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        encoder.copy_buffer_to_buffer(&current, 0, &staging, 0, size);
-        queue.submit([encoder.finish()]);
-        Ok(staging)
+        current
     }
+}
+
+/// The hits in a read-back of candidates (empty slots dropped).
+fn hits_of(bytes: &[u8]) -> Vec<Hit> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]), u32::from_le_bytes([c[4], c[5], c[6], c[7]])))
+        .filter(|&(_, index)| index != EMPTY)
+        .map(|(score, index)| Hit { index, score })
+        .collect()
 }
 
 /// Maps `buffer` for reading and returns its bytes. Natively this polls the device until the map
 /// completes; in a browser the future resolves when WebGPU calls back.
-async fn read_back(device: &wgpu::Device, buffer: &wgpu::Buffer) -> Result<Vec<u8>, GpuError> {
+pub(crate) async fn read_back(device: &wgpu::Device, buffer: &wgpu::Buffer) -> Result<Vec<u8>, GpuError> {
     let state: Arc<Mutex<MapState>> = Arc::default();
     let cb_state = state.clone();
     buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
