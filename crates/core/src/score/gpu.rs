@@ -4,7 +4,8 @@
 //! The catalog is uploaded once ([`GpuScorer::new`]), rows padded to whole u32 words, split into
 //! chunks that fit the device's storage-binding limit. A query costs one upload of the packed
 //! query, one `score_select` dispatch per chunk (score 1024 items per workgroup, keep the best
-//! `k`), `select` passes until one workgroup's best `k` remain, and a read-back of `k` hits.
+//! `k`), `select` passes until at most [`CPU_MERGE`] candidates remain, their read-back, and a
+//! merge of those on the host.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -26,6 +27,10 @@ const SEG: u64 = 1024;
 /// candidates).
 pub const MAX_GPU_K: usize = 512;
 const EMPTY: u32 = u32::MAX;
+/// Candidates the host merges itself (32 KiB of read-back) instead of one more select pass: on
+/// small catalogs (ml100k: 2 segments) no select pass runs at all, which on a software adapter
+/// (SwiftShader) saves a third of the work.
+const CPU_MERGE: u32 = 4096;
 
 /// Which dot-product kernel to compile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +297,7 @@ impl GpuScorer {
             return Err(GpuError::Device(e.to_string()));
         }
         let bytes = read_back(&self.device, &staging).await?;
-        Ok(finish(hits_of(&bytes), q.scale))
+        Ok(finish(merge(&bytes, k), q.scale))
     }
 
     /// The best `k` items for a person, with the user tower on the device too: `tower` computes
@@ -311,33 +316,34 @@ impl GpuScorer {
         let ran = tower.stage(input, offset).map(|()| {
             let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hearth person top-k") });
             tower.encode(&mut encoder, &self.query);
-            let hits_bytes = k as u64 * 8;
+            let (current, m) = if k > 0 && self.len > 0 { self.encode_scan(&mut encoder, k) } else { (None, 0) };
+            let hits_bytes = u64::from(m) * 8;
             let staging = tower.staging(hits_bytes);
-            if k > 0 && self.len > 0 {
-                let current = self.encode_scan(&mut encoder, k);
+            if let Some(current) = current {
                 encoder.copy_buffer_to_buffer(&current, 0, &staging, 0, hits_bytes);
             }
             tower.copy_output(&mut encoder, &self.query, &staging, hits_bytes);
             self.queue.submit([encoder.finish()]);
-            staging
+            (staging, hits_bytes as usize)
         });
         let error = scope.pop().await;
-        let staging = ran?;
+        let (staging, hits_bytes) = ran?;
         if let Some(e) = error {
             return Err(GpuError::Device(e.to_string()));
         }
         let bytes = read_back(&self.device, &staging).await?;
-        let (hits, rest) = bytes.split_at((k * 8).min(bytes.len()));
+        let (hits, rest) = bytes.split_at(hits_bytes.min(bytes.len()));
         let out = tower.output(rest)?;
-        let hits = if k > 0 && self.len > 0 { finish(hits_of(hits), out.quantized.scale) } else { vec![] };
+        let hits = finish(merge(hits, k), out.quantized.scale);
         Ok((out, hits))
     }
 
     fn dispatch(&self, q: &QuantizedVector, k: usize) -> Result<wgpu::Buffer, GpuError> {
         self.queue.write_buffer(&self.query, 0, &bytes_of_u32(&pack(&q.values, self.words as usize)));
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hearth top-k") });
-        let current = self.encode_scan(&mut encoder, k);
-        let size = k as u64 * 8;
+        let (current, m) = self.encode_scan(&mut encoder, k);
+        let Some(current) = current else { return Err(GpuError::Device("empty scan".into())) };
+        let size = u64::from(m) * 8;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("hearth read-back"),
             size,
@@ -349,9 +355,14 @@ impl GpuScorer {
         Ok(staging)
     }
 
-    /// Records the scan of the packed query in `self.query` (score and select passes); returns
-    /// the buffer whose first `k` candidates are the best, in rank order.
-    fn encode_scan(&self, encoder: &mut wgpu::CommandEncoder, k: usize) -> wgpu::Buffer {
+    /// Records the scan of the packed query in `self.query`: score passes, then select passes
+    /// while more than [`CPU_MERGE`] candidates remain. Returns the candidates' buffer and their
+    /// number `m`: groups of up to `k` in rank order, whose best `k` are the hits ([`merge`]).
+    /// `None` when `k` is 0 or the catalog empty.
+    fn encode_scan(&self, encoder: &mut wgpu::CommandEncoder, k: usize) -> (Option<wgpu::Buffer>, u32) {
+        if k == 0 || self.len == 0 {
+            return (None, 0);
+        }
         let (device, queue) = (&self.device, &self.queue);
         let k32 = k as u32;
         let segments: u32 = self.chunks.iter().map(|c| c.segments).sum();
@@ -387,10 +398,11 @@ impl GpuScorer {
             drop(pass);
             out_offset += c.segments * k32;
         }
-        // Reduce: each pass keeps the best k of every SEG candidates.
+        // Reduce: each pass keeps the best k of every SEG candidates (at least halving them, as
+        // k <= SEG / 2), until the CPU can merge what is left.
         let mut m = segments * k32;
         let mut groups = segments;
-        while groups > 1 {
+        while groups > 1 && m > CPU_MERGE {
             groups = m.div_ceil(SEG as u32);
             let next = cand_buffer(groups as u64 * k as u64, "hearth candidates");
             let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -416,18 +428,22 @@ impl GpuScorer {
             current = next;
             m = groups * k32;
         }
-        current
+        (Some(current), m)
     }
 }
 
-/// The hits in a read-back of candidates (empty slots dropped).
-fn hits_of(bytes: &[u8]) -> Vec<Hit> {
-    bytes
+/// The best `k` of a read-back of candidates, in rank order (empty slots dropped). The candidates'
+/// scores are the GPU's exact ones, so this is the order a last select pass would give.
+fn merge(bytes: &[u8], k: usize) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = bytes
         .chunks_exact(8)
         .map(|c| (f32::from_le_bytes([c[0], c[1], c[2], c[3]]), u32::from_le_bytes([c[4], c[5], c[6], c[7]])))
         .filter(|&(_, index)| index != EMPTY)
         .map(|(score, index)| Hit { index, score })
-        .collect()
+        .collect();
+    hits.sort_by(super::rank_cmp);
+    hits.truncate(k);
+    hits
 }
 
 /// Maps `buffer` for reading and returns its bytes. Natively this polls the device until the map
