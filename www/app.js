@@ -37,18 +37,21 @@ const MESSAGES = {
   shard: "The film catalog that was downloaded is damaged, so recommendations cannot start. Your history is untouched; reload to try again.",
   "model-version": "The film catalog belongs to a different model version than the model itself. Your history is untouched; reload to fetch a matching pair.",
   model: "The recommendation model could not be loaded. Your history is untouched; reload to try again.",
-  quota: "This browser's storage for the page is full: your latest change is kept in this tab but could not be saved. Your saved history is untouched; free some space and act again to save.",
+  quota: "This browser's storage for this site is full, so your latest changes are kept in this tab only. Your saved history is untouched. Free some space (or allow this site more), then save again.",
+  storage: "This browser could not write to its storage (the disk may be full), so your latest changes are kept in this tab only. Your saved history is untouched. Free some space, then save again.",
   "bad-input": "That did not work: ",
 };
 const explain = (e) => (e && MESSAGES[e.code] ? MESSAGES[e.code] + (e.code === "bad-input" ? e.message : "") : `Something went wrong: ${e?.message || e}`);
-function notice(text) {
+// A message above the page, with optional buttons ([label, onclick] pairs).
+function notice(text, actions = []) {
   const n = $("notice");
-  n.textContent = text;
+  n.replaceChildren(el("span", { textContent: text }), ...actions.map(([label, onclick]) => el("button", { type: "button", className: "notice-action", textContent: label, onclick })));
   n.hidden = !text;
 }
 
 // --- Start -------------------------------------------------------------------------------------
 let hearth = null;
+let thisDevice = "";
 const seed = crypto.getRandomValues(new Uint32Array(1))[0];
 
 async function fetchBytes(path) {
@@ -61,6 +64,7 @@ async function boot() {
   const wasm = init();
   const files = Promise.all(["manifest.json", "global.bin", "catalog.json", "items.shard"].map((n) => fetchBytes(`/model/${n}`)));
   const [stored, device] = await Promise.all([store.load(), store.deviceName()]);
+  thisDevice = device;
   await wasm;
   const model = await files.catch((e) => { notice(explain(e)); throw e; });
   $("status").textContent = "Ready";
@@ -96,7 +100,10 @@ function showGate(stored, device, model) {
       modelShard = model[3];
       await render();
       $("search").focus();
-      if (!returning) await persist(); // after the first recommendations are on screen
+      if (!returning) {
+        changes++; // a new history (its device and document id) is not stored yet
+        await persist(); // after the first recommendations are on screen
+      }
       // The catalog moves to the GPU (WebGPU) after the first recommendations are on screen; until
       // then, and where there is no WebGPU, the CPU scores it (same results either way).
       if (navigator.gpu) {
@@ -201,6 +208,7 @@ async function tune(input) {
   const current = hearth.trainingInput();
   if (!current || current.positives.join() !== key) return; // the history moved on: tune again
   hearth.setTuned(input.start, new Float32Array(result.vector), input.positives.length);
+  changes++;
   tunings.push({ backend: result.backend, losses: result.losses, ms: result.ms, positives: input.positives.length });
   showStatus();
   await persist();
@@ -208,21 +216,53 @@ async function tune(input) {
   document.documentElement.dataset.tuned = String(tunings.length);
 }
 
+// --- Saving ------------------------------------------------------------------------------------
+// Saves run one at a time (a save is three IndexedDB transactions: write, read back, drop the
+// previous generation), and each seals the history as it is when it starts. `changes` counts
+// edits, `savedUpTo` the edits the newest successful save holds: while they differ, the tab holds
+// changes the device does not, and leaving the page asks first.
 let saves = 0;
-async function persist() {
-  try {
-    await store.save(hearth.sealed());
-    document.documentElement.dataset.saves = String(++saves); // for tests and the curious
-    if ($("notice").textContent === MESSAGES.quota) notice("");
-  } catch (e) {
-    notice(explain(e));
-  }
+let changes = 0;
+let savedUpTo = 0;
+let queued = null;
+let running = Promise.resolve();
+let saveFailed = false;
+const unsaved = () => changes > savedUpTo;
+function persist() {
+  queued ??= running.then(() => { queued = null; return saveNow(); });
+  running = queued;
+  return queued;
 }
+async function saveNow() {
+  const upTo = changes;
+  try {
+    await store.save(hearth.sealed(), thisDevice);
+    savedUpTo = Math.max(savedUpTo, upTo);
+    document.documentElement.dataset.saves = String(++saves); // for tests and the curious
+    if (saveFailed && !unsaved()) {
+      saveFailed = false;
+      const text = "Saved: your history on this device is up to date.";
+      notice(text);
+      setTimeout(() => { if ($("notice").textContent === text) notice(""); }, 5000);
+    }
+  } catch (e) {
+    saveFailed = true;
+    notice(explain(e), [["Save again", () => persist()]]);
+  }
+  document.documentElement.dataset.unsaved = String(unsaved());
+}
+window.addEventListener("beforeunload", (e) => {
+  if (hearth && unsaved()) {
+    e.preventDefault();
+    e.returnValue = ""; // older browsers
+  }
+});
 
 // --- Actions -----------------------------------------------------------------------------------
 async function act(fn) {
   try {
     fn();
+    changes++;
     const shown = render();
     await persist();
     await shown;

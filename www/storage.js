@@ -2,6 +2,11 @@
 // the current generation to "previous" and writes the new one in one transaction (atomic), reads
 // it back, and only then drops the previous one. Nothing here is plaintext: the page stores only
 // what Hearth.sealed() returns (AES-256-GCM).
+//
+// A failed write leaves both stored generations as they were (the transaction aborts whole) and
+// is reported as a `StorageError` with a code the page explains: `quota` when the browser refuses
+// more data for this site, `storage` when the write itself failed (Chromium reports a full disk as
+// an IO error and then closes every connection of the origin; the next call reopens one).
 const DB = "hearth";
 const STORE = "vault";
 
@@ -22,68 +27,112 @@ function done(tx) {
 
 let dbPromise = null;
 function db() {
-  dbPromise ??= new Promise((ok, fail) => {
+  if (dbPromise) return dbPromise;
+  const opening = new Promise((ok, fail) => {
     const r = indexedDB.open(DB, 1);
     r.onupgradeneeded = () => r.result.createObjectStore(STORE);
-    r.onsuccess = () => ok(r.result);
+    r.onsuccess = () => {
+      const d = r.result;
+      const forget = () => { if (dbPromise === opening) dbPromise = null; };
+      // The browser closed the connection (an IO error, the site's data cleared): reopen next time.
+      d.onclose = forget;
+      // Another tab upgrades the database: let it.
+      d.onversionchange = () => { d.close(); forget(); };
+      ok(d);
+    };
     r.onerror = () => fail(r.error);
   });
-  return dbPromise;
+  dbPromise = opening;
+  opening.catch(() => { if (dbPromise === opening) dbPromise = null; });
+  return opening;
+}
+
+/** Runs `fn(db)`, reopening the connection once if the browser closed it under us. */
+async function withDb(fn) {
+  try {
+    return await fn(await db());
+  } catch (e) {
+    if (e?.name !== "InvalidStateError") throw e;
+    dbPromise = null;
+    return fn(await db());
+  }
+}
+
+/** Thrown when a save fails; the stored generations are untouched. */
+export class StorageError extends Error {
+  constructor(code, cause) {
+    super(code === "quota" ? "this browser's storage for the page is full" : `the browser could not write its storage: ${cause?.name || ""} ${cause?.message || cause || ""}`.trim());
+    this.code = code;
+    this.cause = cause;
+  }
+}
+
+function storageError(e) {
+  if (e instanceof StorageError) return e;
+  if (e?.name === "QuotaExceededError" || e?.code === 22) return new StorageError("quota", e);
+  return new StorageError("storage", e);
 }
 
 /** `{ current, previous }` as Uint8Arrays (or null). */
 export async function load() {
-  const tx = (await db()).transaction(STORE, "readonly");
-  const s = tx.objectStore(STORE);
-  const [current, previous] = await Promise.all([request(s.get("current")), request(s.get("previous"))]);
-  return { current: current ? new Uint8Array(current) : null, previous: previous ? new Uint8Array(previous) : null };
+  return withDb(async (d) => {
+    const s = d.transaction(STORE, "readonly").objectStore(STORE);
+    const [current, previous] = await Promise.all([request(s.get("current")), request(s.get("previous"))]);
+    return { current: current ? new Uint8Array(current) : null, previous: previous ? new Uint8Array(previous) : null };
+  });
 }
 
-/** A random device name, kept with the vault (not secret). */
+/** A random device name, kept with the vault (not secret). When the browser refuses to store a
+ * new one, it is still returned; every save stores it too. */
 export async function deviceName() {
-  const d = await db();
-  const found = await request(d.transaction(STORE, "readonly").objectStore(STORE).get("device"));
-  if (found) return found;
-  const name = `browser-${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
-  const tx = d.transaction(STORE, "readwrite");
-  tx.objectStore(STORE).put(name, "device");
-  await done(tx);
-  return name;
+  return withDb(async (d) => {
+    const found = await request(d.transaction(STORE, "readonly").objectStore(STORE).get("device"));
+    if (found) return found;
+    const name = `browser-${crypto.getRandomValues(new Uint32Array(1))[0].toString(16)}`;
+    try {
+      const tx = d.transaction(STORE, "readwrite");
+      tx.objectStore(STORE).put(name, "device");
+      await done(tx);
+    } catch {
+      // Storage is full: the first save that succeeds stores it.
+    }
+    return name;
+  });
 }
 
-/** Thrown when the browser refuses to store more: the stored generations are untouched. */
-export class QuotaError extends Error {
-  constructor() {
-    super("this browser's storage for the page is full");
-    this.code = "quota";
-  }
-}
-
-/** Stores a new generation; the old one stays until the new one reads back intact. */
-export async function save(bytes) {
-  const d = await db();
+/** Stores a new generation (and this device's name, in the same transaction); the old one stays
+ * until the new one reads back intact. Throws a `StorageError` (stored generations untouched)
+ * when the browser refuses the write. */
+export async function save(bytes, device) {
+  const copy = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
   try {
-    const tx = d.transaction(STORE, "readwrite");
-    const s = tx.objectStore(STORE);
-    const old = await request(s.get("current"));
-    if (old) s.put(old, "previous");
-    s.put(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength), "current");
-    await done(tx);
+    await withDb(async (d) => {
+      const tx = d.transaction(STORE, "readwrite");
+      const s = tx.objectStore(STORE);
+      const old = await request(s.get("current"));
+      if (old) s.put(old, "previous");
+      s.put(copy, "current");
+      if (device) s.put(device, "device");
+      await done(tx);
+    });
   } catch (e) {
-    if (e && (e.name === "QuotaExceededError" || e.code === 22)) throw new QuotaError();
-    throw e;
+    throw storageError(e);
   }
-  const back = new Uint8Array(await request(d.transaction(STORE, "readonly").objectStore(STORE).get("current")));
-  if (back.length !== bytes.length || back.some((b, i) => b !== bytes[i])) throw new Error("the saved history did not read back");
-  const tx = d.transaction(STORE, "readwrite");
-  tx.objectStore(STORE).delete("previous");
-  await done(tx);
+  await withDb(async (d) => {
+    const back = new Uint8Array(await request(d.transaction(STORE, "readonly").objectStore(STORE).get("current")));
+    if (back.length !== bytes.length || back.some((b, i) => b !== bytes[i])) throw new StorageError("storage", new Error("the saved history did not read back"));
+    const tx = d.transaction(STORE, "readwrite");
+    tx.objectStore(STORE).delete("previous");
+    await done(tx);
+  }).catch((e) => { throw storageError(e); });
 }
 
 /** Deletes both generations (the device name stays). */
 export async function clear() {
-  const tx = (await db()).transaction(STORE, "readwrite");
-  tx.objectStore(STORE).delete("current");
-  tx.objectStore(STORE).delete("previous");
-  await done(tx);
+  return withDb(async (d) => {
+    const tx = d.transaction(STORE, "readwrite");
+    tx.objectStore(STORE).delete("current");
+    tx.objectStore(STORE).delete("previous");
+    await done(tx);
+  });
 }
