@@ -1,7 +1,7 @@
 // The hearth demo page: everything runs here, in the browser. The history is sealed by the wasm
 // module (AES-256-GCM under the person's passphrase) before it reaches IndexedDB; recommendations
 // are computed from it on this device. The only requests are for the app and the shared model.
-import init, { Hearth } from "/pkg/hearth_web.js";
+import init, { Hearth, HearthModel } from "/pkg/hearth_web.js";
 import * as store from "./storage.js";
 
 const $ = (id) => document.getElementById(id);
@@ -50,6 +50,9 @@ function notice(text, actions = []) {
 }
 
 // --- Start -------------------------------------------------------------------------------------
+// Timing marks (bench/web.mjs reads them): `name` once the next frame has been painted.
+const markPainted = (name) => requestAnimationFrame(() => setTimeout(() => performance.mark(name), 0));
+
 let hearth = null;
 let thisDevice = "";
 const seed = crypto.getRandomValues(new Uint32Array(1))[0];
@@ -66,9 +69,12 @@ async function boot() {
   const [stored, device] = await Promise.all([store.load(), store.deviceName()]);
   thisDevice = device;
   await wasm;
+  performance.mark("hearth:wasm");
   const model = await files.catch((e) => { notice(explain(e)); throw e; });
   $("status").textContent = "Ready";
   showGate(stored, device, model);
+  performance.mark("hearth:gate");
+  markPainted("hearth:gate-painted");
 }
 
 function showGate(stored, device, model) {
@@ -83,6 +89,7 @@ function showGate(stored, device, model) {
   $("passphrase").focus();
   $("gate-form").onsubmit = async (ev) => {
     ev.preventDefault();
+    performance.mark("hearth:unlock", { startTime: ev.timeStamp });
     const pass = $("passphrase").value;
     $("gate-error").hidden = true;
     $("gate-button").disabled = true;
@@ -99,6 +106,8 @@ function showGate(stored, device, model) {
       }
       modelShard = model[3];
       await render();
+      performance.mark("hearth:first-recommendations");
+      markPainted("hearth:first-recommendations-painted");
       $("search").focus();
       if (!returning) {
         changes++; // a new history (its device and document id) is not stored yet
@@ -137,21 +146,32 @@ function showStatus() {
   $("status").textContent = `Model v${c.modelVersion} · ${c.items.toLocaleString()} films · scored on this device, ${on}${tuned}`;
 }
 
-// PBKDF2-HMAC-SHA256 runs in WebCrypto (native code, ~10x faster than in wasm); the wasm module
-// gets the derived key with its parameters and checks it like any other key.
-async function deriveKey(pass, params) {
+// PBKDF2-HMAC-SHA256 runs in WebCrypto (native code off the main thread, ~10x faster than in
+// wasm); the wasm module gets the derived key with its parameters and checks it like any other
+// key. Resolves once the derivation has started, to `{ key }`, a promise of the key (wrapped: an
+// async function returning the promise itself would wait for it).
+async function startKeyDerivation(pass, params) {
   const base = await crypto.subtle.importKey("raw", new TextEncoder().encode(pass), "PBKDF2", false, ["deriveBits"]);
   const salt = new Uint8Array(params.salt);
-  return new Uint8Array(await crypto.subtle.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt, iterations: params.iterations }, base, 256));
+  return { key: crypto.subtle.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt, iterations: params.iterations }, base, 256).then((b) => new Uint8Array(b)) };
 }
 
+// The model, loaded once (it does not depend on the passphrase).
+let loadedModel = null;
+
 async function openWith(model, stored, pass, device) {
-  const [manifest, global, catalog, shard] = model;
   const open = async (sealed) => {
     const params = sealed ? Hearth.kdfParams(sealed) : Hearth.newKdfParams();
     if (!params) throw Object.assign(new Error("not a passphrase-protected history"), { code: "damaged" });
-    const key = await deriveKey(pass, params);
-    return Hearth.openDerived(manifest, global, catalog, shard, sealed, key, params.iterations, new Uint8Array(params.salt), device, seed);
+    const derivation = await startKeyDerivation(pass, params);
+    // While WebCrypto derives the key, this thread verifies and loads the model.
+    loadedModel ??= HearthModel.load(...model);
+    performance.mark("hearth:model");
+    const derived = await derivation.key;
+    performance.mark("hearth:key");
+    const h = Hearth.openDerivedWith(loadedModel, sealed, derived, params.iterations, new Uint8Array(params.salt), device, seed);
+    performance.mark("hearth:opened");
+    return h;
   };
   if (!stored.current && !stored.previous) return open(undefined);
   try {

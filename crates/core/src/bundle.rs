@@ -169,7 +169,7 @@ pub struct ModelBundle {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    data::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    data::hex(crate::artifact::sha256(bytes).as_ref())
 }
 
 impl ModelBundle {
@@ -256,8 +256,9 @@ impl ModelBundle {
             }
             Ok(Some(bytes))
         };
+        // `load` checked each file's SHA-256 against the manifest, so its own trailer is not hashed again.
         let tensor = |name: &str, bytes: Vec<u8>| {
-            TensorFile::decode(&bytes).map_err(|source| BundleError::Tensor { file: name.into(), source })
+            TensorFile::decode_digest_verified(&bytes).map_err(|source| BundleError::Tensor { file: name.into(), source })
         };
         let global = tensor(GLOBAL, load(GLOBAL, false)?.ok_or_else(|| BundleError::MissingFile(GLOBAL.into()))?)?;
         // Personal vectors are the training users' own: a device never needs them, so a reader

@@ -334,7 +334,7 @@ impl CatalogShard {
             out.extend_from_slice(&s.to_le_bytes());
         }
         out.extend(self.rows.iter().map(|&v| v as u8));
-        let digest = ring::digest::digest(&ring::digest::SHA256, &out);
+        let digest = crate::artifact::sha256(&out);
         out.extend_from_slice(digest.as_ref());
         out
     }
@@ -361,7 +361,7 @@ impl CatalogShard {
             return Err(ShardError::UnsupportedVersion(version));
         }
         let body_end = bytes.len().checked_sub(32).filter(|&e| e >= 12).ok_or(ShardError::Malformed("shorter than its header and checksum"))?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes[..body_end]);
+        let digest = crate::artifact::sha256(&bytes[..body_end]);
         if digest.as_ref() != &bytes[body_end..] {
             return Err(ShardError::Checksum);
         }

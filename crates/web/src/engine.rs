@@ -3,6 +3,7 @@
 //! operations the page calls. `lib.rs` binds it to JavaScript.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use hearth_core::bundle::{BundleError, Catalog, ModelBundle, PersonInput, SERVED_ARCHITECTURE};
 use hearth_core::history::{History, HistoryError, ItemSignal, KIND_NAMES, Kind, Tuning};
@@ -212,8 +213,10 @@ impl Query {
     }
 }
 
-/// One person's hearth in a page.
-pub struct Engine {
+/// A model ready to serve: its verified files, the user tower and the int8 catalog. It does not
+/// depend on the person's key, so a page loads it while the key is being derived, and keeps it
+/// across unlock attempts.
+pub struct Model {
     catalog: Catalog,
     index: HashMap<String, u32>,
     lower_titles: Vec<String>,
@@ -222,16 +225,12 @@ pub struct Engine {
     popular: Vec<u32>,
     calibration: Calibration,
     model_version: u32,
-    history: History,
-    key: Key,
-    doc: DocId,
-    seed: u64,
 }
 
-impl Engine {
-    /// Opens the model and the person's history (`sealed`, as stored; `None` for a new person).
-    /// `device` names this device in the history; `seed` seeds this session's exploration.
-    pub fn open(files: &ModelFiles<'_>, sealed: Option<&[u8]>, secret: Secret<'_>, device: &str, seed: u64) -> Result<Engine, WebError> {
+impl Model {
+    /// Verifies and loads the model's files: checksums, the shard's model version, and that the
+    /// shard holds the catalog's items in order.
+    pub fn load(files: &ModelFiles<'_>) -> Result<Model, WebError> {
         let mut read = |name: &str| -> Option<Vec<u8>> {
             match name {
                 "manifest.json" => Some(files.manifest.to_vec()),
@@ -253,6 +252,38 @@ impl Engine {
             return Err(WebError::Shard("it does not hold this model's catalog".into()));
         }
         let tower = UserTower::from_bundle(&bundle)?;
+        let catalog = bundle.catalog;
+        Ok(Model {
+            index: catalog.items.iter().enumerate().map(|(i, it)| (it.id.clone(), i as u32)).collect(),
+            lower_titles: catalog.items.iter().map(|it| it.title.to_lowercase()).collect(),
+            popular: catalog.popular(),
+            catalog,
+            tower,
+            shard,
+            calibration: bundle.manifest.calibration.unwrap_or_default(),
+            model_version: bundle.manifest.model_version,
+        })
+    }
+}
+
+/// One person's hearth in a page.
+pub struct Engine {
+    model: Rc<Model>,
+    history: History,
+    key: Key,
+    doc: DocId,
+    seed: u64,
+}
+
+impl Engine {
+    /// Opens the model and the person's history (`sealed`, as stored; `None` for a new person).
+    /// `device` names this device in the history; `seed` seeds this session's exploration.
+    pub fn open(files: &ModelFiles<'_>, sealed: Option<&[u8]>, secret: Secret<'_>, device: &str, seed: u64) -> Result<Engine, WebError> {
+        Engine::open_with(Rc::new(Model::load(files)?), sealed, secret, device, seed)
+    }
+
+    /// Opens the person's history with a loaded model (see [`Engine::open`]).
+    pub fn open_with(model: Rc<Model>, sealed: Option<&[u8]>, secret: Secret<'_>, device: &str, seed: u64) -> Result<Engine, WebError> {
         let key = match secret {
             Secret::Passphrase(p) => match sealed {
                 Some(bytes) => Key::for_sealed(p, bytes),
@@ -270,27 +301,13 @@ impl Engine {
             }
             None => (vault::new_doc_id().map_err(vault_err)?, History::new(device)),
         };
-        let catalog = bundle.catalog;
-        Ok(Engine {
-            index: catalog.items.iter().enumerate().map(|(i, it)| (it.id.clone(), i as u32)).collect(),
-            lower_titles: catalog.items.iter().map(|it| it.title.to_lowercase()).collect(),
-            popular: catalog.popular(),
-            catalog,
-            tower,
-            shard,
-            calibration: bundle.manifest.calibration.unwrap_or_default(),
-            model_version: bundle.manifest.model_version,
-            history,
-            key,
-            doc,
-            seed,
-        })
+        Ok(Engine { model, history, key, doc, seed })
     }
 
     /// Records an event: `kind` is one of `view`, `play`, `like`, `dislike`, `skip`, `rate`
     /// (with `value`), `add`, `remove`. Returns the event id.
     pub fn record(&mut self, item: &str, kind: &str, value: Option<f64>, ts: i64, hour: Option<u8>) -> Result<String, WebError> {
-        if !self.index.contains_key(item) {
+        if !self.model.index.contains_key(item) {
             return Err(WebError::BadInput(format!("no item {item:?} in the catalog")));
         }
         let kind = match (kind, value) {
@@ -316,7 +333,7 @@ impl Engine {
     pub fn recommend(&self, opts: &RecommendOptions) -> Result<Vec<Recommendation>, WebError> {
         let query = self.query(opts)?;
         let user = self.user_vector(&query);
-        let personal = score::search(self.shard.view(), &user, query.pool, 1).map_err(|e| WebError::Model(e.to_string()))?;
+        let personal = score::search(self.model.shard.view(), &user, query.pool, 1).map_err(|e| WebError::Model(e.to_string()))?;
         self.rank(&query, &user, opts, &personal)
     }
 
@@ -331,13 +348,13 @@ impl Engine {
             return Err(WebError::BadInput("k must be 1 to 100".into()));
         }
         let (items, input) = self.person_input();
-        let seen = items.iter().filter_map(|s| self.index.get(&s.item).copied()).collect();
+        let seen = items.iter().filter_map(|s| self.model.index.get(&s.item).copied()).collect();
         Ok(Query { k, pool: (5 * k).max(100), input, offset: self.offset(), seen })
     }
 
     /// The person's vector for `query`, from the user tower on the CPU (plus their offset).
     pub fn user_vector(&self, query: &Query) -> Vec<f32> {
-        let mut user = self.tower.person_vector(&query.input);
+        let mut user = self.model.tower.person_vector(&query.input);
         if let Some(offset) = &query.offset {
             user.iter_mut().zip(offset).for_each(|(u, o)| *u += o);
         }
@@ -351,13 +368,13 @@ impl Engine {
 
     /// The user tower the GPU tower is built from.
     pub fn tower(&self) -> &UserTower {
-        &self.tower
+        &self.model.tower
     }
 
     /// The history's item signals and what the user tower reads of them.
     fn person_input(&self) -> (Vec<ItemSignal>, PersonInput) {
         let items = self.history.items();
-        let input = self.catalog.person_input_of(&items, &self.history.profile(), |id| self.index.get(id).copied());
+        let input = self.model.catalog.person_input_of(&items, &self.history.profile(), |id| self.model.index.get(id).copied());
         (items, input)
     }
 
@@ -365,7 +382,7 @@ impl Engine {
     fn offset(&self) -> Option<Vec<f32>> {
         self.history
             .tuning()
-            .filter(|t| t.model_version == self.model_version && t.offset.len() == self.shard.dim())
+            .filter(|t| t.model_version == self.model.model_version && t.offset.len() == self.model.shard.dim())
             .map(|t| t.offset)
     }
 
@@ -376,12 +393,12 @@ impl Engine {
         if input.history.is_empty() {
             return None;
         }
-        Some(TrainingInput { start: self.tower.person_vector(&input), positives: input.history })
+        Some(TrainingInput { start: self.model.tower.person_vector(&input), positives: input.history })
     }
 
     /// Stores the worker's result: from now on `tuned - start` is added to the tower's vector.
     pub fn set_tuned(&mut self, start: &[f32], tuned: &[f32], positives: u32) -> Result<(), WebError> {
-        let d = self.shard.dim();
+        let d = self.model.shard.dim();
         if start.len() != d || tuned.len() != d {
             return Err(WebError::BadInput(format!("a tuned vector has {d} values")));
         }
@@ -389,7 +406,7 @@ impl Engine {
             return Err(WebError::BadInput("a tuned vector holds a value that is not finite".into()));
         }
         let offset = tuned.iter().zip(start).map(|(t, s)| t - s).collect();
-        let tuning = Tuning { model_version: self.model_version, positives, offset };
+        let tuning = Tuning { model_version: self.model.model_version, positives, offset };
         Ok(self.history.set_tuning(Some(&tuning))?)
     }
 
@@ -403,22 +420,22 @@ impl Engine {
     /// the CPU path does: the same candidates and vector give the same personal list on every
     /// scorer.
     pub fn refine(&self, query: &Query, user: &[f32], candidates: &[Hit]) -> Vec<Hit> {
-        score::refine(self.shard.view(), user, candidates, query.pool)
+        score::refine(self.model.shard.view(), user, candidates, query.pool)
     }
 
     /// The catalog as the GPU scorer uploads it.
     pub fn catalog_view(&self) -> CatalogView<'_> {
-        self.shard.view()
+        self.model.shard.view()
     }
 
     /// The second half: exclusions, fusion with popularity, diversity, exploration, "% match"
     /// and reasons over the personal list `personal` (best first).
     pub fn rank(&self, query: &Query, user: &[f32], opts: &RecommendOptions, personal: &[Hit]) -> Result<Vec<Recommendation>, WebError> {
-        if user.len() != self.shard.dim() {
-            return Err(WebError::BadInput(format!("a user vector has {} values", self.shard.dim())));
+        if user.len() != self.model.shard.dim() {
+            return Err(WebError::BadInput(format!("a user vector has {} values", self.model.shard.dim())));
         }
-        let view = self.shard.view();
-        let excluded: HashSet<u32> = opts.exclude.iter().filter_map(|id| self.index.get(id).copied()).collect();
+        let view = self.model.shard.view();
+        let excluded: HashSet<u32> = opts.exclude.iter().filter_map(|id| self.model.index.get(id).copied()).collect();
         let cfg = RankConfig {
             k: query.k,
             diversity: opts.diversity.unwrap_or(0.3),
@@ -431,11 +448,11 @@ impl Engine {
                 view,
                 user,
                 personal,
-                popular: &self.popular,
+                popular: &self.model.popular,
                 history: &query.input.history,
                 seen: &query.seen,
                 excluded: &excluded,
-                calibration: self.calibration,
+                calibration: self.model.calibration,
             },
             &cfg,
         )
@@ -443,10 +460,10 @@ impl Engine {
         Ok(ranked
             .into_iter()
             .map(|r| {
-                let item = &self.catalog.items[r.index as usize];
+                let item = &self.model.catalog.items[r.index as usize];
                 let (reason, because_of) = match r.reason {
                     Reason::Similar { item: h, .. } => {
-                        let liked = &self.catalog.items[h as usize];
+                        let liked = &self.model.catalog.items[h as usize];
                         (format!("Because you liked {}", liked.title), Some(liked.id.clone()))
                     }
                     Reason::Popular => ("Popular with everyone".to_owned(), None),
@@ -477,7 +494,7 @@ impl Engine {
         items
             .into_iter()
             .map(|s| HistoryItem {
-                title: self.index.get(&s.item).map_or_else(|| s.item.clone(), |&i| self.catalog.items[i as usize].title.clone()),
+                title: self.model.index.get(&s.item).map_or_else(|| s.item.clone(), |&i| self.model.catalog.items[i as usize].title.clone()),
                 counts: KIND_NAMES.iter().zip(s.counts).filter(|(_, c)| *c > 0).map(|(k, c)| (*k, c)).collect(),
                 id: s.item,
                 last: s.last,
@@ -506,11 +523,11 @@ impl Engine {
             return vec![];
         }
         let mut hits: Vec<(bool, usize)> =
-            self.lower_titles.iter().enumerate().filter(|(_, t)| t.contains(&q)).map(|(i, t)| (!t.starts_with(&q), i)).collect();
+            self.model.lower_titles.iter().enumerate().filter(|(_, t)| t.contains(&q)).map(|(i, t)| (!t.starts_with(&q), i)).collect();
         hits.sort_unstable();
         hits.into_iter()
             .take(limit)
-            .map(|(_, i)| Found { id: self.catalog.items[i].id.clone(), title: self.catalog.items[i].title.clone() })
+            .map(|(_, i)| Found { id: self.model.catalog.items[i].id.clone(), title: self.model.catalog.items[i].title.clone() })
             .collect()
     }
 
@@ -521,7 +538,7 @@ impl Engine {
 
     /// The model version and catalog size.
     pub fn model_info(&self) -> (u32, usize, usize) {
-        (self.model_version, self.shard.len(), self.shard.dim())
+        (self.model.model_version, self.model.shard.len(), self.model.shard.dim())
     }
 }
 

@@ -36,7 +36,7 @@ pub fn dataset_summary(csv: &[u8]) -> Result<String, String> {
 }
 
 #[cfg(target_family = "wasm")]
-pub use js::Hearth;
+pub use js::{Hearth, HearthModel};
 
 #[cfg(target_family = "wasm")]
 mod js {
@@ -47,7 +47,7 @@ mod js {
     use hearth_core::tower::gpu::GpuTower;
     use wasm_bindgen::prelude::*;
 
-    use crate::engine::{Engine, ModelFiles, Query, RecommendOptions, Secret, WebError};
+    use crate::engine::{Engine, Model, ModelFiles, Query, RecommendOptions, Secret, WebError};
 
     #[wasm_bindgen(typescript_custom_section)]
     const TS: &'static str = r#"
@@ -104,6 +104,11 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         }
     }
 
+    fn derived_secret(key: Vec<u8>, iterations: u32, salt: Vec<u8>) -> Result<Secret<'static>, JsValue> {
+        let bad = |what: &str| js_err(WebError::BadInput(format!("{what} has the wrong length")));
+        Ok(Secret::Derived { key: key.try_into().map_err(|_| bad("the derived key"))?, iterations, salt: salt.try_into().map_err(|_| bad("the salt"))? })
+    }
+
     fn parse_opts(opts: JsValue) -> Result<RecommendOptions, JsValue> {
         if opts.is_undefined() || opts.is_null() {
             Ok(RecommendOptions::default())
@@ -122,8 +127,42 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         Some(engine.rank(query, &out.user, opts, &personal).map_err(js_err).and_then(|r| to_js(&r)))
     }
 
+    /// A model loaded and verified, ready for [`Hearth::open_derived_with`]. It does not depend on
+    /// the person's key: a page loads it while WebCrypto derives the key, and keeps it across
+    /// unlock attempts.
+    #[wasm_bindgen]
+    pub struct HearthModel {
+        model: Rc<Model>,
+    }
+
+    #[wasm_bindgen]
+    impl HearthModel {
+        /// Verifies and loads the model's files (errors: code `model`, `shard`, `model-version`).
+        pub fn load(manifest: &[u8], global: &[u8], catalog: &[u8], shard: &[u8]) -> Result<HearthModel, JsValue> {
+            let files = ModelFiles { manifest, global, catalog, shard };
+            Model::load(&files).map(|m| HearthModel { model: Rc::new(m) }).map_err(js_err)
+        }
+    }
+
     #[wasm_bindgen]
     impl Hearth {
+        /// Opens the person's sealed history (`undefined` for a new person) with a loaded model and
+        /// a passphrase key the page derived with WebCrypto (see [`Hearth::open_derived`]).
+        #[allow(clippy::too_many_arguments)]
+        #[wasm_bindgen(js_name = openDerivedWith)]
+        pub fn open_derived_with(
+            model: &HearthModel,
+            sealed: Option<Vec<u8>>,
+            key: Vec<u8>,
+            iterations: u32,
+            salt: Vec<u8>,
+            device: &str,
+            seed: u32,
+        ) -> Result<Hearth, JsValue> {
+            let secret = derived_secret(key, iterations, salt)?;
+            Engine::open_with(model.model.clone(), sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
+        }
+
         /// Opens the model and the person's sealed history (`undefined` for a new person), keyed
         /// by a passphrase or a 32-byte device key.
         #[allow(clippy::too_many_arguments)]
@@ -166,12 +205,7 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             device: &str,
             seed: u32,
         ) -> Result<Hearth, JsValue> {
-            let bad = |what: &str| js_err(WebError::BadInput(format!("{what} has the wrong length")));
-            let secret = Secret::Derived {
-                key: key.try_into().map_err(|_| bad("the derived key"))?,
-                iterations,
-                salt: salt.try_into().map_err(|_| bad("the salt"))?,
-            };
+            let secret = derived_secret(key, iterations, salt)?;
             let files = ModelFiles { manifest, global, catalog, shard };
             Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
         }

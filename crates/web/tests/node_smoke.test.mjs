@@ -9,7 +9,7 @@ import { join } from "node:path";
 
 const pkg = process.env.HEARTH_WEB_PKG;
 assert.ok(pkg, "HEARTH_WEB_PKG must name the built package (bash .ci/build-web.sh)");
-const { initSync, Hearth } = await import(join(pkg, "hearth_web.js"));
+const { initSync, Hearth, HearthModel } = await import(join(pkg, "hearth_web.js"));
 initSync({ module: readFileSync(join(pkg, "hearth_web_bg.wasm")) });
 
 const model = new URL("../../../models/ml100k/", import.meta.url).pathname;
@@ -71,4 +71,18 @@ test("a key derived by WebCrypto's PBKDF2 opens what the wasm's PBKDF2 sealed, a
   n.record("1", "like", undefined, 9, 9);
   assert.deepEqual(open(n.sealed(), "new passphrase!").history(), n.history());
   assert.equal(Hearth.kdfParams(Hearth.open(manifest, global, catalog, shard, undefined, undefined, new Uint8Array(32), "x", 1).sealed()), null);
+
+  // The model loaded once (what the page does while WebCrypto derives the key) serves several
+  // unlock attempts, and gives what Hearth.openDerived gives.
+  const loaded = HearthModel.load(manifest, global, catalog, shard);
+  assert.throws(() => Hearth.openDerivedWith(loaded, sealed, wrong, params.iterations, new Uint8Array(params.salt), "laptop", 7), (e) => e.code === "wrong-key");
+  const w = Hearth.openDerivedWith(loaded, sealed, key, params.iterations, new Uint8Array(params.salt), "laptop", 7);
+  assert.deepEqual(w.history(), h.history());
+  assert.deepEqual(w.recommendCpu({ k: 10 }), d.recommendCpu({ k: 10 }));
+  const other = Buffer.from(shard);
+  other[other.length >> 1] ^= 1;
+  assert.throws(() => HearthModel.load(manifest, global, catalog, other), (e) => e.code === "shard");
+  const broken = Buffer.from(global);
+  broken[1000] ^= 1;
+  assert.throws(() => HearthModel.load(manifest, broken, catalog, shard), (e) => e.code === "model" && /checksum|SHA-256/i.test(e.message));
 });
