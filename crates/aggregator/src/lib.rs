@@ -248,7 +248,7 @@ pub fn fit_calibration(bundle: &ModelBundle, ds: &Dataset, split: &Split, seed: 
                 break i;
             }
         };
-        let side = if u % 2 == 0 { &mut fit } else { &mut check };
+        let side = if u.is_multiple_of(2) { &mut fit } else { &mut check };
         side.0.push(score(&user, h.item));
         side.1.push(score(&user, neg));
     }
