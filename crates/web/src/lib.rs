@@ -205,9 +205,8 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             device: &str,
             seed: u32,
         ) -> Result<Hearth, JsValue> {
-            let secret = derived_secret(key, iterations, salt)?;
-            let files = ModelFiles { manifest, global, catalog, shard };
-            Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
+            let model = HearthModel::load(manifest, global, catalog, shard)?;
+            Hearth::open_derived_with(&model, sealed, key, iterations, salt, device, seed)
         }
 
         /// `{iterations, salt}` of a sealed history's passphrase key, or `null` for a device key.
