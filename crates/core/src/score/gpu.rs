@@ -179,12 +179,7 @@ fn grid(groups: u32) -> (u32, u32) {
 impl GpuScorer {
     /// Uploads `view` to `device` and compiles the kernels.
     pub async fn new(device: &wgpu::Device, queue: &wgpu::Queue, view: CatalogView<'_>, kernel: Kernel) -> Result<Self, GpuError> {
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(device, queue, view, kernel);
-        if let Some(e) = scope.pop().await {
-            return Err(GpuError::Device(e.to_string()));
-        }
-        built
+        validated(device, || Self::build(device, queue, view, kernel)).await
     }
 
     fn build(device: &wgpu::Device, queue: &wgpu::Queue, view: CatalogView<'_>, kernel: Kernel) -> Result<Self, GpuError> {
@@ -289,14 +284,7 @@ impl GpuScorer {
         if k == 0 || self.len == 0 {
             return Ok(vec![]);
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let ran = self.dispatch(q, k);
-        let error = scope.pop().await;
-        let staging = ran?;
-        if let Some(e) = error {
-            return Err(GpuError::Device(e.to_string()));
-        }
-        let bytes = read_back(&self.device, &staging).await?;
+        let bytes = submit_and_read(&self.device, || self.dispatch(q, k)).await?;
         Ok(finish(merge(&bytes, k), q.scale))
     }
 
@@ -312,11 +300,11 @@ impl GpuScorer {
         if k > MAX_GPU_K {
             return Err(GpuError::KTooLarge(k));
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let ran = tower.stage(input, offset).map(|()| {
+        let bytes = submit_and_read(&self.device, || {
+            tower.stage(input, offset)?;
             let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hearth person top-k") });
             tower.encode(&mut encoder, &self.query);
-            let (current, m) = if k > 0 && self.len > 0 { self.encode_scan(&mut encoder, k) } else { (None, 0) };
+            let (current, m) = self.encode_scan(&mut encoder, k);
             let hits_bytes = u64::from(m) * 8;
             let staging = tower.staging(hits_bytes);
             if let Some(current) = current {
@@ -324,15 +312,11 @@ impl GpuScorer {
             }
             tower.copy_output(&mut encoder, &self.query, &staging, hits_bytes);
             self.queue.submit([encoder.finish()]);
-            (staging, hits_bytes as usize)
-        });
-        let error = scope.pop().await;
-        let (staging, hits_bytes) = ran?;
-        if let Some(e) = error {
-            return Err(GpuError::Device(e.to_string()));
-        }
-        let bytes = read_back(&self.device, &staging).await?;
-        let (hits, rest) = bytes.split_at(hits_bytes.min(bytes.len()));
+            Ok(staging)
+        })
+        .await?;
+        // The candidates, then the tower's output (GpuTower::staging).
+        let (hits, rest) = bytes.split_at(bytes.len().saturating_sub(tower.output_bytes() as usize));
         let out = tower.output(rest)?;
         let hits = finish(merge(hits, k), out.quantized.scale);
         Ok((out, hits))
@@ -446,9 +430,29 @@ fn merge(bytes: &[u8], k: usize) -> Vec<Hit> {
     hits
 }
 
+/// Runs `f` (it records or submits work on `device`) under a validation error scope: `f`'s own
+/// error first, else a validation error as [`GpuError::Device`], else `f`'s value.
+pub(crate) async fn validated<T>(device: &wgpu::Device, f: impl FnOnce() -> Result<T, GpuError>) -> Result<T, GpuError> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let ran = f();
+    let error = scope.pop().await;
+    let value = ran?;
+    match error {
+        Some(e) => Err(GpuError::Device(e.to_string())),
+        None => Ok(value),
+    }
+}
+
+/// [`validated`] work that submits itself and returns the mappable buffer holding its results;
+/// then the bytes of that buffer.
+pub(crate) async fn submit_and_read(device: &wgpu::Device, record: impl FnOnce() -> Result<wgpu::Buffer, GpuError>) -> Result<Vec<u8>, GpuError> {
+    let staging = validated(device, record).await?;
+    read_back(device, &staging).await
+}
+
 /// Maps `buffer` for reading and returns its bytes. Natively this polls the device until the map
 /// completes; in a browser the future resolves when WebGPU calls back.
-pub(crate) async fn read_back(device: &wgpu::Device, buffer: &wgpu::Buffer) -> Result<Vec<u8>, GpuError> {
+async fn read_back(device: &wgpu::Device, buffer: &wgpu::Buffer) -> Result<Vec<u8>, GpuError> {
     let state: Arc<Mutex<MapState>> = Arc::default();
     let cb_state = state.clone();
     buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {

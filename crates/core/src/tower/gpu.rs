@@ -18,7 +18,7 @@ use super::{UserTower, read_input};
 use crate::artifact::ModelDims;
 use crate::bundle::PersonInput;
 use crate::quant::QuantizedVector;
-use crate::score::gpu::{GpuError, bytes_of_f32, bytes_of_u32, read_back};
+use crate::score::gpu::{GpuError, bytes_of_f32, bytes_of_u32, submit_and_read, validated};
 
 const SOURCE: &str = include_str!("gpu.wgsl");
 
@@ -64,12 +64,7 @@ struct Layout {
 impl GpuTower {
     /// Uploads `tower`'s parameters to `device` and compiles the kernel.
     pub async fn new(device: &wgpu::Device, queue: &wgpu::Queue, tower: &UserTower) -> Result<GpuTower, GpuError> {
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(device, queue, tower);
-        if let Some(e) = scope.pop().await {
-            return Err(GpuError::Device(e.to_string()));
-        }
-        built
+        validated(device, || Self::build(device, queue, tower)).await
     }
 
     fn build(device: &wgpu::Device, queue: &wgpu::Queue, tower: &UserTower) -> Result<GpuTower, GpuError> {
@@ -184,21 +179,17 @@ impl GpuTower {
     /// The person's vector (plus `offset`, their fine-tuning offset, when given), computed on the
     /// device, and its int8 quantization.
     pub async fn person_vector(&self, input: &PersonInput, offset: Option<&[f32]>) -> Result<TowerOutput, GpuError> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let staged = self.stage(input, offset).map(|()| {
+        let bytes = submit_and_read(&self.device, || {
+            self.stage(input, offset)?;
             let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hearth tower") });
             self.encode(&mut encoder, &self.query);
             let staging = self.staging(0);
             self.copy_output(&mut encoder, &self.query, &staging, 0);
             self.queue.submit([encoder.finish()]);
-            staging
-        });
-        let error = scope.pop().await;
-        let staging = staged?;
-        if let Some(e) = error {
-            return Err(GpuError::Device(e.to_string()));
-        }
-        self.output(&read_back(&self.device, &staging).await?)
+            Ok(staging)
+        })
+        .await?;
+        self.output(&bytes)
     }
 
     /// Writes the person's input and offset for the next [`GpuTower::encode`].
