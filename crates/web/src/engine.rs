@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use hearth_core::bundle::{BundleError, Catalog, ModelBundle, PersonInput, SERVED_ARCHITECTURE};
 use hearth_core::history::{History, HistoryError, ItemSignal, KIND_NAMES, Kind, Tuning};
-use hearth_core::quant::{CatalogShard, CatalogView, QuantizedVector, quantize};
+use hearth_core::quant::{CatalogShard, CatalogView};
 use hearth_core::rank::{Calibration, RankConfig, RankInput, Reason, Source, rank};
 use hearth_core::score::{self, Hit};
 use hearth_core::tower::UserTower;
@@ -264,6 +264,16 @@ impl Model {
             model_version: bundle.manifest.model_version,
         })
     }
+
+    /// The user tower the GPU tower is built from.
+    pub fn tower(&self) -> &UserTower {
+        &self.tower
+    }
+
+    /// The catalog as the GPU scorer uploads it.
+    pub fn catalog_view(&self) -> CatalogView<'_> {
+        self.shard.view()
+    }
 }
 
 /// One person's hearth in a page.
@@ -361,14 +371,9 @@ impl Engine {
         user
     }
 
-    /// The person's vector int8-quantized for a catalog scan.
-    pub fn quantized(user: &[f32]) -> Result<QuantizedVector, WebError> {
-        quantize(user).map_err(|e| WebError::Model(e.to_string()))
-    }
-
-    /// The user tower the GPU tower is built from.
-    pub fn tower(&self) -> &UserTower {
-        &self.model.tower
+    /// The model this history is served by.
+    pub fn model(&self) -> &Rc<Model> {
+        &self.model
     }
 
     /// The history's item signals and what the user tower reads of them.
@@ -421,11 +426,6 @@ impl Engine {
     /// scorer.
     pub fn refine(&self, query: &Query, user: &[f32], candidates: &[Hit]) -> Vec<Hit> {
         score::refine(self.model.shard.view(), user, candidates, query.pool)
-    }
-
-    /// The catalog as the GPU scorer uploads it.
-    pub fn catalog_view(&self) -> CatalogView<'_> {
-        self.model.shard.view()
     }
 
     /// The second half: exclusions, fusion with popularity, diversity, exploration, "% match"
@@ -544,6 +544,8 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use hearth_core::quant::quantize;
+
     use super::*;
 
     fn model_dir() -> std::path::PathBuf {
@@ -618,15 +620,15 @@ mod tests {
         let mut e = open(&f, None, Secret::DeviceKey([3; 32])).unwrap();
         let instance = wgpu::Instance::default();
         let (device, queue, info) = pollster::block_on(request_device(&instance)).expect("a wgpu adapter (lavapipe: apt mesa-vulkan-drivers)");
-        let gpu = pollster::block_on(GpuScorer::new(&device, &queue, e.catalog_view(), Kernel::best_for(&instance))).unwrap();
-        let tower = pollster::block_on(GpuTower::new(&device, &queue, e.tower())).unwrap();
+        let gpu = pollster::block_on(GpuScorer::new(&device, &queue, e.model().catalog_view(), Kernel::best_for(&instance))).unwrap();
+        let tower = pollster::block_on(GpuTower::new(&device, &queue, e.model().tower())).unwrap();
         let mut compared = 0;
         for (t, item) in ["50", "172", "181", "1", "98", "313", "427", "7", "100", "258"].iter().enumerate() {
             e.record(item, if t % 3 == 0 { "like" } else { "play" }, None, t as i64, None).unwrap();
             for opts in [RecommendOptions::default(), RecommendOptions { k: Some(40), explore: Some(0.0), ..Default::default() }] {
                 let q = e.query(&opts).unwrap();
                 let user = e.user_vector(&q);
-                let hits = pollster::block_on(gpu.top_k(&Engine::quantized(&user).unwrap(), q.candidates())).unwrap();
+                let hits = pollster::block_on(gpu.top_k(&quantize(&user).unwrap(), q.candidates())).unwrap();
                 let on_gpu = e.rank(&q, &user, &opts, &e.refine(&q, &user, &hits)).unwrap();
                 let on_cpu = e.recommend(&opts).unwrap();
                 assert_eq!(on_gpu, on_cpu, "after {} events on {}", t + 1, info.name);
@@ -663,7 +665,7 @@ mod tests {
         let plain = e.recommend(&opts).unwrap();
         assert_eq!(e.user_vector(&e.query(&opts).unwrap()), input.start);
         // Tuned towards one unseen film's vector.
-        let target = e.catalog_view().dequantize(400).into_iter().map(|v| v * 5.0);
+        let target = e.model().catalog_view().dequantize(400).into_iter().map(|v| v * 5.0);
         let tuned: Vec<f32> = input.start.iter().zip(target).map(|(a, b)| a + b).collect();
         e.set_tuned(&input.start, &tuned, 3).unwrap();
         assert_eq!(e.tuning().map(|t| t.0), Some(3));

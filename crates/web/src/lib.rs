@@ -246,15 +246,10 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
                 });
                 let kernel = Kernel::best_for(&instance);
                 let (device, queue, info) = request_device(&instance).await.map_err(gpu_err)?;
-                // The tower and catalog are copied out so no borrow of the engine lives across an await.
-                let (cpu_tower, dim, scales, rows) = {
-                    let engine = engine.borrow();
-                    let v = engine.catalog_view();
-                    (engine.tower().clone(), v.dim(), v.scales().to_vec(), v.rows().to_vec())
-                };
-                let view = hearth_core::quant::CatalogView::new(dim, &scales, &rows).map_err(|e| js_err(WebError::Model(e.to_string())))?;
-                let scorer = GpuScorer::new(&device, &queue, view, kernel).await.map_err(gpu_err)?;
-                let tower = GpuTower::new(&device, &queue, &cpu_tower).await.map_err(gpu_err)?;
+                // The model is shared, not borrowed from the engine: no borrow of it lives across an await.
+                let model = engine.borrow().model().clone();
+                let scorer = GpuScorer::new(&device, &queue, model.catalog_view(), kernel).await.map_err(gpu_err)?;
+                let tower = GpuTower::new(&device, &queue, model.tower()).await.map_err(gpu_err)?;
                 let info = serde_json::json!({
                     "adapter": if info.name.is_empty() { format!("{} {}", info.driver, info.driver_info).trim().to_owned() } else { info.name.clone() },
                     "backend": info.backend.to_str(),
