@@ -115,16 +115,16 @@ export async function save(bytes, device) {
       if (device) s.put(device, "device");
       await done(tx);
     });
+    await withDb(async (d) => {
+      const back = new Uint8Array(await request(d.transaction(STORE, "readonly").objectStore(STORE).get("current")));
+      if (back.length !== bytes.length || back.some((b, i) => b !== bytes[i])) throw new StorageError("storage", new Error("the saved history did not read back"));
+      const tx = d.transaction(STORE, "readwrite");
+      tx.objectStore(STORE).delete("previous");
+      await done(tx);
+    });
   } catch (e) {
     throw storageError(e);
   }
-  await withDb(async (d) => {
-    const back = new Uint8Array(await request(d.transaction(STORE, "readonly").objectStore(STORE).get("current")));
-    if (back.length !== bytes.length || back.some((b, i) => b !== bytes[i])) throw new StorageError("storage", new Error("the saved history did not read back"));
-    const tx = d.transaction(STORE, "readwrite");
-    tx.objectStore(STORE).delete("previous");
-    await done(tx);
-  }).catch((e) => { throw storageError(e); });
 }
 
 /** Deletes both generations (the device name stays). */
