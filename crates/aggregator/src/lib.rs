@@ -16,12 +16,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use hearth_core::artifact::{DatasetInfo, ManifestMetrics};
+use hearth_core::artifact::{DatasetInfo, ManifestMetrics, Selection, ValidationPoint};
 use hearth_core::bundle::{Catalog, ModelBundle};
-use hearth_core::data::{self, Dataset, MovieLensFiles, Split};
+use hearth_core::data::{self, Dataset, MovieLensFiles, Order, OrderReport, Split};
 use hearth_core::eval::{self, Metrics, MostPopular, Protocol};
-use hearth_core::model::{self, ARCHITECTURE, ScoreTable, TrainConfig, TrainProgress, TwoTower};
+use hearth_core::model::{self, ARCHITECTURE, Examples, ScoreTable, TrainConfig, TrainProgress, TwoTower};
 use serde::Serialize;
+
+pub mod synth;
 
 /// Cut-off used for every reported metric.
 pub const K: usize = 10;
@@ -112,29 +114,58 @@ pub fn evaluate_model<B: burn::prelude::Backend>(
         Some(c) => data::read_candidates_file(&c.display().to_string(), &read(c)?, ds, &split.test)?,
         None => data::sample_negatives(ds, split, NEGATIVES, seed),
     };
+    Ok(evaluate_on(model, ds, split, &cands, seed, device))
+}
+
+/// [`evaluate_model`] with the candidates given.
+fn evaluate_on<B: burn::prelude::Backend>(
+    model: &TwoTower<B>,
+    ds: &Dataset,
+    split: &Split,
+    cands: &[Vec<u32>],
+    seed: u64,
+    device: &B::Device,
+) -> Report {
     let histories = split.histories(ds.users.len());
     let table = ScoreTable::compute(model, &histories, device);
     let protocol =
-        Protocol { n_items: ds.items.len(), train: &split.train, test: &split.test, candidates: &cands, k: K, seed };
+        Protocol { n_items: ds.items.len(), train: &split.train, test: &split.test, candidates: cands, k: K, seed };
     let pop = MostPopular::fit(ds.items.len(), &split.train);
-    Ok(Report {
+    Report {
         model: eval::evaluate(&table, &protocol),
         most_popular: eval::evaluate(&pop, &protocol),
         users: split.test.len(),
-    })
+    }
 }
 
 /// A trained model, ready to write.
 pub struct Trained {
     /// The model directory contents.
     pub bundle: ModelBundle,
-    /// Metrics measured right after training.
+    /// Metrics on the test split, measured once, right after training.
     pub report: Report,
+    /// What the data looked like (sequential or unordered, and the evidence).
+    pub order: OrderReport,
+    /// How the model was chosen on validation (also in the manifest).
+    pub selection: Selection,
     /// Seconds spent training (excluding evaluation).
     pub train_seconds: f64,
 }
 
-/// Trains on the split's training part and evaluates on its held-out part (seeded).
+/// What the objective does for each kind of data, in words (`train` prints it).
+pub fn objective_text(order: Order) -> &'static str {
+    match order {
+        Order::Sequential => "each item predicted from the items before it in time; items sharing a timestamp are a set (each other's context, in random order)",
+        Order::Unordered => "each history is a set: each item predicted from a random subset of the person's other items (no order learned)",
+    }
+}
+
+/// Criterion early stopping maximises.
+pub const SELECTION_CRITERION: &str = "validation full-ranking NDCG@10";
+
+/// Trains on the split's training part minus a validation split (each user's latest remaining
+/// interaction; a random one for unordered data), picks the epoch by early stopping on
+/// validation full-ranking NDCG@10, and scores the test split once (seeded).
 pub fn train_model(
     ds: &Dataset,
     test: Option<&Path>,
@@ -143,64 +174,105 @@ pub fn train_model(
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<Trained> {
     let split = make_split(ds, test)?;
-    let histories = split.histories(ds.users.len());
+    let order = ds.order();
+    let valid = data::validation_split(ds, &split);
+    let examples = Examples::new(&data::timed_histories(&valid.train, ds.users.len()), order.order);
+    let run = Run { ds, split: &split, valid: &valid, examples: &examples, order, cfg, explicit_test: test.is_some() };
     match backend {
         Backend::Cpu => {
             type B = burn::backend::Autodiff<burn::backend::Flex>;
-            let device = Default::default();
-            finish::<B>(ds, &split, &histories, cfg, test.is_some(), &device, progress)
+            run.finish::<B>(&Default::default(), progress)
         }
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             type B = burn::backend::Autodiff<burn::backend::Wgpu>;
-            let device = Default::default();
-            finish::<B>(ds, &split, &histories, cfg, test.is_some(), &device, progress)
+            run.finish::<B>(&Default::default(), progress)
         }
         #[cfg(not(feature = "wgpu"))]
         Backend::Wgpu => bail!("this build has no wgpu backend: rebuild hearth-aggregator with `--features wgpu`"),
     }
 }
 
-fn finish<B: burn::tensor::backend::AutodiffBackend>(
-    ds: &Dataset,
-    split: &Split,
-    histories: &[Vec<u32>],
-    cfg: &TrainConfig,
+/// One training run's inputs.
+struct Run<'a> {
+    ds: &'a Dataset,
+    split: &'a Split,
+    valid: &'a Split,
+    examples: &'a Examples,
+    order: OrderReport,
+    cfg: &'a TrainConfig,
     explicit_test: bool,
-    device: &B::Device,
-    progress: &mut dyn FnMut(TrainProgress),
-) -> Result<Trained> {
-    let start = std::time::Instant::now();
-    let model = model::train_valid::<B>(ds, histories, cfg, device, progress)?;
-    let train_seconds = start.elapsed().as_secs_f64();
-    let report = evaluate_model(&model, ds, split, None, cfg.seed, device)?;
-    let dims = model.dims();
-    let bundle = ModelBundle::new(
-        ARCHITECTURE,
-        1,
-        hearth_core::artifact::ModelDims { item_tags: ds.item_tags.len(), user_tags: ds.user_tags.len(), ..dims },
-        DatasetInfo {
-            name: ds.name.clone(),
-            fingerprint: ds.fingerprint(),
-            users: ds.users.len(),
-            items: ds.items.len(),
-            interactions: ds.interactions.len(),
-            split: if explicit_test { "explicit-test-file".into() } else { "leave-one-out-latest".into() },
-        },
-        serde_json::to_value(cfg)?,
-        Some(ManifestMetrics {
-            model: report.model,
-            most_popular: report.most_popular,
-            users: report.users,
-            seed: cfg.seed,
-        }),
-        model.global.to_file(),
-        Some(model.personal.to_file()),
-        Catalog::of(ds),
-    );
-    let mut bundle = bundle;
-    bundle.manifest.calibration = Some(fit_calibration(&bundle, ds, split, cfg.seed)?.calibration);
-    Ok(Trained { bundle, report, train_seconds })
+}
+
+impl Run<'_> {
+    fn finish<B: burn::tensor::backend::AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> Result<Trained> {
+        let (ds, cfg) = (self.ds, self.cfg);
+        let valid_cands = data::sample_negatives(ds, self.valid, NEGATIVES, cfg.seed);
+        let mut validate = |m: &TwoTower<B::InnerBackend>| {
+            evaluate_on(m, ds, self.valid, &valid_cands, cfg.seed, device).model.full.ndcg
+        };
+        let start = std::time::Instant::now();
+        let outcome = model::train::<B>(ds, self.examples, cfg, device, progress, Some(&mut validate))?;
+        let train_seconds = start.elapsed().as_secs_f64();
+        let model = outcome.model;
+        let on_valid = evaluate_on(&model, ds, self.valid, &valid_cands, cfg.seed, device);
+        let report = evaluate_model(&model, ds, self.split, None, cfg.seed, device)?;
+        let selection = Selection {
+            order: self.order.order,
+            objective: objective_text(self.order.order).into(),
+            criterion: SELECTION_CRITERION.into(),
+            best_epoch: outcome.best_epoch,
+            curve: outcome
+                .curve
+                .iter()
+                .map(|e| ValidationPoint { epoch: e.epoch, loss: e.loss, score: e.validation.unwrap_or(f64::NAN) })
+                .collect(),
+            validation: ManifestMetrics {
+                model: on_valid.model,
+                most_popular: on_valid.most_popular,
+                users: on_valid.users,
+                seed: cfg.seed,
+            },
+            beats_most_popular: beats(&on_valid),
+        };
+        let dims = model.dims();
+        let mut bundle = ModelBundle::new(
+            ARCHITECTURE,
+            1,
+            hearth_core::artifact::ModelDims { item_tags: ds.item_tags.len(), user_tags: ds.user_tags.len(), ..dims },
+            DatasetInfo {
+                name: ds.name.clone(),
+                fingerprint: ds.fingerprint(),
+                users: ds.users.len(),
+                items: ds.items.len(),
+                interactions: ds.interactions.len(),
+                split: if self.explicit_test { "explicit-test-file".into() } else { "leave-one-out-latest".into() },
+            },
+            serde_json::to_value(cfg)?,
+            Some(ManifestMetrics {
+                model: report.model,
+                most_popular: report.most_popular,
+                users: report.users,
+                seed: cfg.seed,
+            }),
+            model.global.to_file(),
+            Some(model.personal.to_file()),
+            Catalog::of(ds),
+        );
+        bundle.manifest.selection = Some(selection.clone());
+        bundle.manifest.calibration = Some(fit_calibration(&bundle, ds, self.split, cfg.seed)?.calibration);
+        Ok(Trained { bundle, report, order: self.order, selection, train_seconds })
+    }
+}
+
+/// The operator's guard: a model beats most-popular when it is ahead under both protocols
+/// (full-ranking NDCG@10 and sampled HR@10).
+pub fn beats(r: &Report) -> bool {
+    r.model.full.ndcg > r.most_popular.full.ndcg && r.model.sampled.hr > r.most_popular.sampled.hr
 }
 
 /// How well a calibration fits held-out data it was not fitted on.
@@ -266,6 +338,55 @@ pub fn fit_calibration(bundle: &ModelBundle, ds: &Dataset, split: &Split, seed: 
     let total = (check.0.len() + check.1.len()).max(1) as f64;
     let ece = bins.iter().filter(|b| b.2 > 0).map(|b| (b.0 - b.1).abs() / total).sum();
     Ok(CalibrationReport { calibration, ece, fitted_on: fit.0.len() * 2, checked_on: check.0.len() * 2 })
+}
+
+/// Writes the exact split `train` uses, as files other tools can read (external ids, tab
+/// separated, no header), so peers are scored on hearth's split and candidates:
+/// `items.tsv` (the catalog), `train.tsv` (`user item rating`: training minus validation),
+/// `valid.tsv` and `test.tsv` (`user item`), `valid_candidates.tsv` and `candidates.tsv`
+/// (`user item…`: the sampled negatives, `NEGATIVES` per user, drawn with `seed` as `train` and
+/// `eval` draw them). Returns (training rows, validation users, test users).
+pub fn write_split(ds: &Dataset, test: Option<&Path>, seed: u64, dir: &Path) -> Result<(usize, usize, usize)> {
+    let split = make_split(ds, test)?;
+    let valid = data::validation_split(ds, &split);
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let user = |u: u32| ds.users[u as usize].id.as_str();
+    let item = |i: u32| ds.items[i as usize].id.as_str();
+    let mut items = String::new();
+    for it in &ds.items {
+        items += &it.id;
+        items.push('\n');
+    }
+    let mut train = String::new();
+    for x in &valid.train {
+        train += &format!("{}\t{}\t{}\n", user(x.user), item(x.item), x.rating);
+    }
+    let held = |s: &Split| -> String { s.test.iter().map(|h| format!("{}\t{}\n", user(h.user), item(h.item))).collect() };
+    let cands = |s: &Split| -> String {
+        s.test
+            .iter()
+            .zip(data::sample_negatives(ds, s, NEGATIVES, seed))
+            .map(|(h, c)| {
+                let mut line = user(h.user).to_owned();
+                for i in c {
+                    line.push('\t');
+                    line += item(i);
+                }
+                line + "\n"
+            })
+            .collect()
+    };
+    for (name, text) in [
+        ("items.tsv", items),
+        ("train.tsv", train),
+        ("valid.tsv", held(&valid)),
+        ("valid_candidates.tsv", cands(&valid)),
+        ("test.tsv", held(&split)),
+        ("candidates.tsv", cands(&split)),
+    ] {
+        write_atomic(dir, name, text.as_bytes())?;
+    }
+    Ok((valid.train.len(), valid.test.len(), split.test.len()))
 }
 
 /// Writes a model directory. Each file goes to a temporary name, is synced, then renamed; the

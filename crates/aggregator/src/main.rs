@@ -56,6 +56,37 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Write the exact split `train` and `eval` use (train minus validation, validation, test,
+    /// sampled candidates) as TSV files, so other tools are scored on the same held-out items.
+    Split {
+        /// A MovieLens-100K-layout directory or a CSV file.
+        #[arg(long)]
+        data: PathBuf,
+        /// Optional item CSV for CSV data.
+        #[arg(long)]
+        items: Option<PathBuf>,
+        /// Hold out exactly these `user<TAB>item` pairs instead of leave-one-out.
+        #[arg(long)]
+        test: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the negative draws (the one `train` and `eval` use by default).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Generate a reproducible test dataset of another shape than MovieLens.
+    Synth {
+        /// Which shape.
+        #[arg(long, value_enum)]
+        shape: hearth_aggregator::synth::Shape,
+        /// Output directory (interactions.csv, and items.csv for shapes with item tags).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Evaluate a model directory beside most-popular, under both protocols.
     Eval {
         #[command(flatten)]
@@ -80,9 +111,18 @@ struct Hyper {
     /// Seed for initialisation, shuffling, sampling and evaluation.
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
-    /// Epochs.
+    /// Most epochs (early stopping on the validation split usually ends sooner).
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
+    /// Epochs without a better validation score before training stops (0: train all epochs).
+    #[arg(long, default_value_t = TrainConfig::default().patience)]
+    patience: usize,
+    /// Correct in-batch logits by sampling log-probability (`--logq false` to turn off).
+    #[arg(long, default_value_t = TrainConfig::default().logq, action = clap::ArgAction::Set)]
+    logq: bool,
+    /// Train a personal vector per training user (`--personal false`: the shared tower only).
+    #[arg(long, default_value_t = TrainConfig::default().personal, action = clap::ArgAction::Set)]
+    personal: bool,
     /// Embedding width.
     #[arg(long, default_value_t = TrainConfig::default().dim)]
     dim: usize,
@@ -117,6 +157,9 @@ impl Hyper {
             negatives: self.negatives,
             lr: self.lr,
             weight_decay: self.weight_decay,
+            patience: self.patience,
+            logq: self.logq,
+            personal: self.personal,
             seed: self.seed,
         }
     }
@@ -155,6 +198,18 @@ fn run(cli: Cli) -> Result<()> {
                 ds.interactions.len()
             );
             let cfg = hyper.config();
+            let order = ds.order();
+            let why = match (ds.timed, order.order) {
+                (false, _) => "no timestamp column".to_owned(),
+                (true, o) => format!(
+                    "{} of {} consecutive pairs in people's histories share a timestamp{}",
+                    order.tied,
+                    order.pairs,
+                    if o == hearth_core::data::Order::Unordered { ": the timestamps carry no order" } else { "" }
+                ),
+            };
+            eprintln!("data kind: {} ({why})", order.order);
+            eprintln!("objective: {}", hearth_aggregator::objective_text(order.order));
             let bar = ProgressBar::new(1);
             bar.set_style(
                 ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {msg}")
@@ -164,13 +219,33 @@ fn run(cli: Cli) -> Result<()> {
             let trained = train_model(&ds, test.as_deref(), &cfg, backend, &mut |p| {
                 bar.set_length(p.total_steps as u64);
                 bar.set_position(p.step as u64);
-                bar.set_prefix(format!("epoch {}/{}", p.epoch + 1, cfg.epochs));
+                bar.set_prefix(format!("epoch {} (at most {})", p.epoch + 1, cfg.epochs));
                 bar.set_message(format!("loss {:.4}", p.loss));
             })?;
-            bar.finish();
+            bar.finish_and_clear();
+            let sel = &trained.selection;
+            eprintln!("validation curve ({}; {} users):", sel.criterion, sel.validation.users);
+            eprintln!("epoch   loss     score");
+            for p in &sel.curve {
+                let mark = if p.epoch == sel.best_epoch { "  <- chosen" } else { "" };
+                eprintln!("{:>5}  {:>7.4}  {:>7.4}{mark}", p.epoch, p.loss, p.score);
+            }
+            let (m, pop) = (&sel.validation.model, &sel.validation.most_popular);
+            eprintln!(
+                "validation: two-tower sampled HR@10 {:.4}, full NDCG@10 {:.4}; most-popular {:.4}, {:.4}",
+                m.sampled.hr, m.full.ndcg, pop.sampled.hr, pop.full.ndcg
+            );
+            if !sel.beats_most_popular {
+                eprintln!();
+                eprintln!("WARNING: this model does NOT beat most-popular on the validation split.");
+                eprintln!("WARNING: its manifest records it (selection.beats_most_popular = false), and devices");
+                eprintln!("WARNING: will lean on popular lists when they rank with it. Check the data before publishing.");
+                eprintln!();
+            }
             write_model_dir(&out, &trained.bundle)?;
             write_shard(&out, &trained.bundle)?;
-            eprintln!("trained in {:.1} s; wrote {}", trained.train_seconds, out.display());
+            eprintln!("trained in {:.1} s (epoch {} of {} chosen); wrote {}", trained.train_seconds, sel.best_epoch, sel.curve.len(), out.display());
+            eprintln!("test split, scored once:");
             print!("{}", report_table(&trained.report));
         }
         Command::Shard { model } => {
@@ -202,6 +277,24 @@ fn run(cli: Cli) -> Result<()> {
                 r.checked_on,
                 model.join("manifest.json").display()
             );
+        }
+        Command::Split { data, items, test, out, seed } => {
+            let ds = load_dataset(&data, items.as_deref())?;
+            let (train, valid, test) = hearth_aggregator::write_split(&ds, test.as_deref(), seed, &out)?;
+            eprintln!(
+                "wrote {}: {train} training rows, {valid} validation users, {test} test users ({} data)",
+                out.display(),
+                ds.order().order
+            );
+        }
+        Command::Synth { shape, out, seed } => {
+            let data = hearth_aggregator::synth::generate(shape, seed);
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("interactions.csv"), &data.interactions)?;
+            if let Some(items) = &data.items {
+                std::fs::write(out.join("items.csv"), items)?;
+            }
+            eprintln!("wrote {} ({} rows)", out.display(), data.interactions.lines().count() - 1);
         }
         Command::Eval { target: ModelAndData { model, data, items }, test, candidates, seed, json } => {
             let ds = load_dataset(&data, items.as_deref())?;

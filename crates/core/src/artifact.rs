@@ -251,6 +251,55 @@ pub struct ModelManifest {
     /// on held-out data by `hearth-aggregator train` / `calibrate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::rank::Calibration>,
+    /// How training chose this model on its validation split, and whether it beat most-popular
+    /// there (absent for models trained before validation existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+}
+
+impl ModelManifest {
+    /// How much a device may trust the model's personal list against the popular one when it
+    /// fuses them (`rank::RankConfig::personal_trust`): 1 for a model that beat most-popular on
+    /// validation (or records no check), 0.5 for one that did not, so such a model's lists lean
+    /// on what is popular.
+    pub fn personal_trust(&self) -> f32 {
+        match &self.selection {
+            Some(s) if !s.beats_most_popular => 0.5,
+            _ => 1.0,
+        }
+    }
+}
+
+/// Model selection on the validation split (each user's latest remaining training interaction,
+/// or a random one for unordered data): the test split is never read by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    /// The kind of data training saw (`sequential` or `unordered`).
+    pub order: crate::data::Order,
+    /// What the objective predicted from what.
+    pub objective: String,
+    /// The score early stopping maximised.
+    pub criterion: String,
+    /// The epoch the model is from (1-based).
+    pub best_epoch: usize,
+    /// Every epoch trained: loss and validation score.
+    pub curve: Vec<ValidationPoint>,
+    /// The chosen model and most-popular on the validation split, in the same run.
+    pub validation: ManifestMetrics,
+    /// Whether the model beat most-popular on validation (full-ranking NDCG@10 and sampled
+    /// HR@10); `false` makes devices lean on popular lists ([`ModelManifest::personal_trust`]).
+    pub beats_most_popular: bool,
+}
+
+/// One epoch of the validation curve.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValidationPoint {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// The validation score after the epoch.
+    pub score: f64,
 }
 
 /// Current model directory layout version.

@@ -203,6 +203,7 @@ impl ModelBundle {
                 metrics,
                 files: Default::default(),
                 calibration: None,
+                selection: None,
             },
             global,
             personal,

@@ -107,6 +107,9 @@ pub struct Dataset {
     pub user_tags: Vec<String>,
     /// All interactions in file order.
     pub interactions: Vec<Interaction>,
+    /// Whether the timestamps came from the data (a timestamp column); `false` when they are
+    /// only file positions, which carry no order of their own.
+    pub timed: bool,
 }
 
 /// Interns string ids into dense indices.
@@ -343,12 +346,14 @@ impl Dataset {
             item_tags,
             user_tags: user_tags.names,
             interactions,
+            timed: true,
         })
     }
 
     /// Reads generic CSV interactions: `user,item[,rating][,timestamp]`. A header row is
-    /// detected case-insensitively (`user`/`user_id`/`userid`, `item`/`item_id`/`itemid`/`movieid`,
-    /// `rating`, `timestamp`/`time`/`ts`) and may order the columns; without one the columns are
+    /// detected case-insensitively (`user`/`user_id`/`userid`, `item`/`item_id`/`itemid`/`movieid`/
+    /// `artistid`/`trackid`/`productid`…, `rating`/`weight`/`plays`/`count`…,
+    /// `timestamp`/`time`/`ts`) and may order the columns; without one the columns are
     /// positional. Ids are strings. Missing ratings are 1.0 (implicit feedback); missing
     /// timestamps are the row's position in the file.
     ///
@@ -431,6 +436,7 @@ impl Dataset {
             item_tags: tag_names.names,
             user_tags: vec![],
             interactions,
+            timed: columns.timestamp.is_some(),
         })
     }
 
@@ -544,8 +550,12 @@ fn read_item_csv(
 }
 
 const USER_NAMES: &[&str] = &["user", "user_id", "userid", "uid"];
-const ITEM_NAMES: &[&str] = &["item", "item_id", "itemid", "movie", "movieid", "movie_id", "iid"];
-const RATING_NAMES: &[&str] = &["rating", "score", "value"];
+const ITEM_NAMES: &[&str] = &[
+    "item", "item_id", "itemid", "movie", "movieid", "movie_id", "iid", "artist", "artistid", "artist_id", "track",
+    "trackid", "track_id", "song", "songid", "song_id", "product", "productid", "product_id",
+];
+/// Explicit ratings or implicit strengths (play counts, weights).
+const RATING_NAMES: &[&str] = &["rating", "score", "value", "weight", "plays", "playcount", "play_count", "count"];
 const TIME_NAMES: &[&str] = &["timestamp", "time", "ts"];
 
 fn is_one_of(field: &str, names: &[&str]) -> bool {
@@ -692,6 +702,11 @@ impl Split {
 
 /// Each user's items ordered by time, ties broken by file order.
 pub fn histories(interactions: &[Interaction], n_users: usize) -> Vec<Vec<u32>> {
+    timed_histories(interactions, n_users).into_iter().map(|h| h.into_iter().map(|(i, _)| i).collect()).collect()
+}
+
+/// Each user's `(item, timestamp)` pairs ordered by time, ties broken by file order.
+pub fn timed_histories(interactions: &[Interaction], n_users: usize) -> Vec<Vec<(u32, i64)>> {
     let mut per_user: Vec<Vec<(i64, usize, u32)>> = vec![Vec::new(); n_users];
     for (pos, x) in interactions.iter().enumerate() {
         per_user[x.user as usize].push((x.timestamp, pos, x.item));
@@ -700,43 +715,115 @@ pub fn histories(interactions: &[Interaction], n_users: usize) -> Vec<Vec<u32>> 
         .into_iter()
         .map(|mut v| {
             v.sort_unstable();
-            v.into_iter().map(|(_, _, item)| item).collect()
+            v.into_iter().map(|(t, _, item)| (item, t)).collect()
         })
         .collect()
 }
 
-/// The interactions not marked in `held`, in file order.
-fn without_held(ds: &Dataset, held: &[bool]) -> Vec<Interaction> {
-    ds.interactions.iter().zip(held).filter(|(_, h)| !**h).map(|(x, _)| *x).collect()
+/// The interactions not marked in `held`, in their given order.
+fn without_held(interactions: &[Interaction], held: &[bool]) -> Vec<Interaction> {
+    interactions.iter().zip(held).filter(|(_, h)| !**h).map(|(x, _)| *x).collect()
+}
+
+/// Whether a dataset's interactions carry a real order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// Real timestamps: each person's history is a sequence (items sharing a timestamp are a set
+    /// inside it). Held out: the latest interaction.
+    Sequential,
+    /// No timestamp column, or (nearly, ≥ 95 %) every consecutive pair of a person's
+    /// timestamps tied: each history is a set. Held out: a seeded random interaction, never
+    /// merely the last one in the file.
+    Unordered,
+}
+
+impl fmt::Display for Order {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Order::Sequential => "sequential",
+            Order::Unordered => "unordered",
+        })
+    }
+}
+
+/// What [`Dataset::order`] found: the kind, and the evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderReport {
+    /// The kind of data.
+    pub order: Order,
+    /// Consecutive pairs in users' time-sorted histories.
+    pub pairs: usize,
+    /// Of those, pairs with equal timestamps.
+    pub tied: usize,
+}
+
+impl Dataset {
+    /// Whether the interactions have a real order: they do when the data had a timestamp column
+    /// and more than 5 % of the consecutive pairs in users' histories have distinct timestamps
+    /// (MovieLens 100K: about half of them share a second, and the rest carry a real order).
+    pub fn order(&self) -> OrderReport {
+        if !self.timed {
+            return OrderReport { order: Order::Unordered, pairs: 0, tied: 0 };
+        }
+        let mut times: Vec<Vec<i64>> = vec![Vec::new(); self.users.len()];
+        for x in &self.interactions {
+            times[x.user as usize].push(x.timestamp);
+        }
+        let (mut pairs, mut tied) = (0, 0);
+        for t in &mut times {
+            t.sort_unstable();
+            pairs += t.len().saturating_sub(1);
+            tied += t.windows(2).filter(|w| w[0] == w[1]).count();
+        }
+        let order = if pairs == 0 || 20 * tied >= 19 * pairs { Order::Unordered } else { Order::Sequential };
+        OrderReport { order, pairs, tied }
+    }
+}
+
+/// Seed of the random hold-outs of unordered data (fixed: a dataset has one split).
+const SPLIT_SEED: u64 = 0x6865_6172_7468;
+
+/// Holds out one interaction per user with at least two: the latest (ties: the later in
+/// `interactions`) for sequential data, a seeded random one (stream `stage`) for unordered data.
+fn hold_out_one(interactions: &[Interaction], n_users: usize, order: Order, stage: u64) -> Split {
+    let mut positions: Vec<Vec<usize>> = vec![Vec::new(); n_users];
+    for (pos, x) in interactions.iter().enumerate() {
+        positions[x.user as usize].push(pos);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(SPLIT_SEED ^ stage);
+    let mut held = vec![false; interactions.len()];
+    let mut test = Vec::new();
+    for (u, ps) in positions.iter().enumerate() {
+        if ps.len() < 2 {
+            continue;
+        }
+        let pos = match order {
+            Order::Sequential => *ps.iter().max_by_key(|&&p| (interactions[p].timestamp, p)).unwrap_or(&ps[0]),
+            Order::Unordered => ps[rng.random_range(0..ps.len())],
+        };
+        held[pos] = true;
+        test.push(Heldout { user: u as u32, item: interactions[pos].item });
+    }
+    Split { train: without_held(interactions, &held), test }
 }
 
 /// Leave-one-out: each user's latest interaction by timestamp (ties: the one later in the file)
-/// is held out. Users with a single interaction stay in training only.
+/// is held out; for [`Order::Unordered`] data, a seeded random interaction of each user. Users
+/// with a single interaction stay in training only.
 pub fn leave_one_out(ds: &Dataset) -> Result<Split, DataError> {
     if ds.interactions.is_empty() {
         return Err(DataError::Empty { file: ds.name.clone() });
     }
-    let mut latest: Vec<Option<(i64, usize)>> = vec![None; ds.users.len()];
-    let mut counts = vec![0usize; ds.users.len()];
-    for (pos, x) in ds.interactions.iter().enumerate() {
-        let u = x.user as usize;
-        counts[u] += 1;
-        let key = (x.timestamp, pos);
-        if latest[u].is_none_or(|k| key > k) {
-            latest[u] = Some(key);
-        }
-    }
-    let mut held = vec![false; ds.interactions.len()];
-    let mut test = Vec::new();
-    for (u, l) in latest.iter().enumerate() {
-        if let Some((_, pos)) = l
-            && counts[u] >= 2
-        {
-            held[*pos] = true;
-            test.push(Heldout { user: u as u32, item: ds.interactions[*pos].item });
-        }
-    }
-    Ok(Split { train: without_held(ds, &held), test })
+    Ok(hold_out_one(&ds.interactions, ds.users.len(), ds.order().order, 0))
+}
+
+/// The validation split carved out of a split's training part the way the test item was
+/// carved out of the data: each user's latest remaining interaction (a random one for unordered
+/// data), for users with at least two left. Model selection reads only this; the test items
+/// are not in it.
+pub fn validation_split(ds: &Dataset, split: &Split) -> Split {
+    hold_out_one(&split.train, ds.users.len(), ds.order().order, 1)
 }
 
 /// Holds out exactly the given (user, item) pairs: the most recent matching interaction of each
@@ -758,7 +845,7 @@ pub fn split_with_test(ds: &Dataset, test: &[Heldout]) -> Result<Split, DataErro
             held[p] = true;
         }
     }
-    Ok(Split { train: without_held(ds, &held), test: test.to_vec() })
+    Ok(Split { train: without_held(&ds.interactions, &held), test: test.to_vec() })
 }
 
 /// Samples `n` negatives per held-out user, uniformly without replacement from the items the
@@ -985,5 +1072,51 @@ mod tests {
         assert!(e.to_string().contains("no candidates for test user \"2\""), "{e}");
         let e = read_test_file("t.tsv", b"1\tzzz\n", &ds).unwrap_err();
         assert_eq!(e.to_string(), "t.tsv:1: unknown item \"zzz\"");
+    }
+
+    #[test]
+    fn data_without_real_order_is_unordered_and_holds_out_a_random_item() {
+        // Sorted by user then item id, no timestamps: the last row of each user is just the
+        // highest id, so holding it out (or learning "next id is higher") would be an artefact.
+        let mut csv = String::from("user,item\n");
+        for u in 0..200 {
+            for i in 0..10 {
+                csv += &format!("u{u},i{:02}\n", i + u % 7);
+            }
+        }
+        let ds = Dataset::from_csv("plays.csv", csv.as_bytes(), None).unwrap();
+        assert!(!ds.timed);
+        assert_eq!(ds.order().order, Order::Unordered);
+        let split = leave_one_out(&ds).unwrap();
+        assert_eq!(split.test.len(), 200);
+        let last: usize = split
+            .test
+            .iter()
+            .filter(|h| ds.items[h.item as usize].id == format!("i{:02}", 9 + h.user % 7))
+            .count();
+        assert!(last < 60, "{last} of 200 held-out items are the user's last row");
+        assert_eq!(leave_one_out(&ds).unwrap().test, split.test, "the split is seeded");
+
+        // Validation comes out of the training part: never the test item, one per user left
+        // with two or more.
+        let valid = validation_split(&ds, &split);
+        assert_eq!(valid.test.len(), 200);
+        assert_eq!(valid.train.len(), 2000 - 400);
+        for (v, t) in valid.test.iter().zip(&split.test) {
+            assert_eq!(v.user, t.user);
+            assert_ne!(v.item, t.item);
+        }
+
+        // All timestamps of a person equal: no order either. Distinct timestamps: sequential.
+        let tied = b"user,item,timestamp\na,x,5\na,y,5\na,z,5\nb,x,7\nb,z,7\n";
+        let ds = Dataset::from_csv("t.csv", tied, None).unwrap();
+        assert_eq!(ds.order(), OrderReport { order: Order::Unordered, pairs: 3, tied: 3 });
+        let timed = b"user,item,timestamp\na,x,5\na,y,6\na,z,6\nb,x,7\nb,z,9\n";
+        let ds = Dataset::from_csv("t.csv", timed, None).unwrap();
+        assert_eq!(ds.order(), OrderReport { order: Order::Sequential, pairs: 3, tied: 1 });
+        let split = leave_one_out(&ds).unwrap();
+        assert_eq!(split.test.iter().map(|h| ds.items[h.item as usize].id.as_str()).collect::<Vec<_>>(), ["z", "z"]);
+        let valid = validation_split(&ds, &split);
+        assert_eq!(valid.test.iter().map(|h| ds.items[h.item as usize].id.as_str()).collect::<Vec<_>>(), ["y"]);
     }
 }

@@ -29,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::{ArtifactError, ModelDims, TensorFile};
-use crate::data::Dataset;
+use crate::data::{Dataset, Order};
 use crate::eval::Recommender;
 
 /// Architecture id recorded in manifests; loading refuses any other.
@@ -44,8 +44,11 @@ pub struct TrainConfig {
     pub hidden: usize,
     /// History items the user tower reads (most recent first).
     pub history: usize,
-    /// Passes over the training examples.
+    /// Most passes over the training examples (early stopping on validation may use fewer).
     pub epochs: usize,
+    /// Epochs without a better validation score before training stops (0: never early).
+    #[serde(default)]
+    pub patience: usize,
     /// Examples per step.
     pub batch: usize,
     /// Uniformly sampled negatives shared by a batch (in addition to in-batch targets).
@@ -54,6 +57,13 @@ pub struct TrainConfig {
     pub lr: f64,
     /// L2 weight decay (all parameters).
     pub weight_decay: f64,
+    /// Correct logits by each candidate's sampling log-probability (in-batch targets follow
+    /// popularity; Yi et al., RecSys 2019).
+    #[serde(default)]
+    pub logq: bool,
+    /// Train a personal vector per training user (`false`: the tower alone, as a new device).
+    #[serde(default = "yes")]
+    pub personal: bool,
     /// Seed for initialisation, shuffling and negative sampling.
     pub seed: u64,
 }
@@ -64,14 +74,21 @@ impl Default for TrainConfig {
             dim: 64,
             hidden: 128,
             history: 50,
-            epochs: 10,
+            epochs: 30,
             batch: 256,
             negatives: 512,
             lr: 2e-3,
             weight_decay: 1e-5,
+            patience: 3,
+            logq: true,
+            personal: true,
             seed: 42,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Parameters shared by every user: what federated rounds train and publish.
@@ -314,9 +331,14 @@ impl<B: Backend> TwoTower<B> {
     /// `[b, l, dim]` tensor is touched only by the gather and that matmul (this is the training
     /// loop's hot path).
     pub fn user_vectors(&self, batch: &UserBatch<B>) -> Tensor<B, 2> {
-        let g = &self.global;
-        let demo = self.features.user.clone().select(0, batch.users.clone()).matmul(g.user_tag.val());
-        self.tower(batch, demo) + self.personal.weight.val().select(0, batch.users.clone())
+        self.shared_user_vectors(batch) + self.personal.weight.val().select(0, batch.users.clone())
+    }
+
+    /// User vectors without the personal table (what a device computes before fine-tuning),
+    /// `[b, dim]`.
+    pub fn shared_user_vectors(&self, batch: &UserBatch<B>) -> Tensor<B, 2> {
+        let demo = self.features.user.clone().select(0, batch.users.clone()).matmul(self.global.user_tag.val());
+        self.tower(batch, demo)
     }
 
     /// The user vector of one person on their device, `[1, dim]`: the tower over their history
@@ -378,7 +400,7 @@ pub struct TrainProgress {
     pub epoch: usize,
     /// Steps done so far (all epochs).
     pub step: usize,
-    /// Steps in the whole run.
+    /// Steps in the whole run (at most `epochs`; early stopping may end it sooner).
     pub total_steps: usize,
     /// Mean loss over the epoch so far.
     pub loss: f64,
@@ -414,20 +436,122 @@ pub enum TrainError {
     },
 }
 
-/// Trains a two-tower model on `histories` (each user's training items in time order).
-/// Every position of every history is one example: predict that item from the items before it.
+/// The training examples: every interaction of every history is one target, predicted from a
+/// context of the same person's other items:
+///
+/// - the items strictly earlier in time (most recent last), then
+/// - the other items that share the target's timestamp, in a random order drawn afresh each
+///   time: a tie is a set, so tied items are each other's context but show no order.
+///
+/// For [`Order::Unordered`] data the whole history is one such set: each item is predicted from
+/// a random subset (up to `history` items) of the person's other items, and no order is learned
+/// because none is shown. For sequential data the next-item signal stays.
+#[derive(Debug, Clone)]
+pub struct Examples {
+    /// Each user's training items in time order (file order for unordered data).
+    pub histories: Vec<Vec<u32>>,
+    /// `groups[u][t] = (start, end)`: the positions of user `u`'s items that share position
+    /// `t`'s timestamp (the whole history for unordered data).
+    pub groups: Vec<Vec<(u32, u32)>>,
+    /// The kind of data.
+    pub order: Order,
+}
+
+impl Examples {
+    /// Examples from `(item, timestamp)` histories in time order (see
+    /// [`crate::data::timed_histories`]).
+    pub fn new(timed: &[Vec<(u32, i64)>], order: Order) -> Examples {
+        let histories = timed.iter().map(|h| h.iter().map(|&(i, _)| i).collect()).collect();
+        let groups = timed
+            .iter()
+            .map(|h| {
+                let n = h.len() as u32;
+                if order == Order::Unordered {
+                    return vec![(0, n); h.len()];
+                }
+                let mut out = Vec::with_capacity(h.len());
+                let mut start = 0;
+                while start < h.len() {
+                    let end = start + h[start..].iter().take_while(|x| x.1 == h[start].1).count();
+                    out.extend(std::iter::repeat_n((start as u32, end as u32), end - start));
+                    start = end;
+                }
+                out
+            })
+            .collect();
+        Examples { histories, groups, order }
+    }
+
+    /// Sequential examples from histories without ties (each item's context is every item
+    /// before it).
+    pub fn sequential(histories: Vec<Vec<u32>>) -> Examples {
+        let groups = histories.iter().map(|h| (0..h.len() as u32).map(|t| (t, t + 1)).collect()).collect();
+        Examples { histories, groups, order: Order::Sequential }
+    }
+
+    /// The context of target `t` of user `u` (its tie-mates in an order drawn from `rng`), at
+    /// most `len` items, the most recent last.
+    fn context(&self, u: usize, t: usize, len: usize, rng: &mut ChaCha8Rng, scratch: &mut Vec<u32>) -> Vec<u32> {
+        let h = &self.histories[u];
+        let (start, end) = self.groups[u][t];
+        let (start, end) = (start as usize, end as usize);
+        scratch.clear();
+        scratch.extend(h[start..t].iter().chain(&h[t + 1..end]));
+        let mates = len.min(scratch.len());
+        let (chosen, _) = scratch.partial_shuffle(rng, mates);
+        let earlier = (len - mates).min(start);
+        let mut out = Vec::with_capacity(earlier + mates);
+        out.extend_from_slice(&h[start - earlier..start]);
+        out.extend_from_slice(chosen);
+        out
+    }
+}
+
+/// One epoch of a training run, as [`train`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss over the epoch.
+    pub loss: f64,
+    /// The validation score after the epoch (higher is better), when validation ran.
+    pub validation: Option<f64>,
+}
+
+/// A trained model and how it was chosen.
+#[derive(Debug)]
+pub struct TrainOutcome<B: Backend> {
+    /// The model of the best epoch on validation (the last epoch without validation).
+    pub model: TwoTower<B>,
+    /// Every epoch trained, in order.
+    pub curve: Vec<EpochReport>,
+    /// The 1-based epoch `model` is from.
+    pub best_epoch: usize,
+}
+
+/// Scores a model on held-out data that training never saw (higher is better); used by
+/// [`train`] for early stopping.
+pub type Validate<'a, B> = &'a mut dyn FnMut(&TwoTower<B>) -> f64;
+
+/// Trains a two-tower model on `examples` (see [`Examples`] for what predicts what).
+///
+/// With `validate`, the model is scored after every epoch and training stops once
+/// `cfg.patience` epochs in a row have not beaten the best score (`patience = 0`: never stops
+/// early); the best epoch's model is returned. Without it, all `cfg.epochs` run.
 pub fn train<B: AutodiffBackend>(
     ds: &Dataset,
-    histories: &[Vec<u32>],
+    examples: &Examples,
     cfg: &TrainConfig,
     device: &B::Device,
     progress: &mut dyn FnMut(TrainProgress),
-) -> Result<TwoTower<B>, TrainError> {
+    mut validate: Option<Validate<'_, B::InnerBackend>>,
+) -> Result<TrainOutcome<B::InnerBackend>, TrainError> {
     for (name, v) in [("dim", cfg.dim), ("hidden", cfg.hidden), ("history", cfg.history), ("batch", cfg.batch), ("epochs", cfg.epochs)] {
         if v == 0 {
             return Err(TrainError::InvalidConfig(format!("{name} must be at least 1")));
         }
     }
+    let histories = &examples.histories;
     if histories.len() != ds.users.len() {
         return Err(TrainError::InvalidConfig(format!(
             "{} histories for {} users",
@@ -437,6 +561,13 @@ pub fn train<B: AutodiffBackend>(
     }
     if histories.iter().flatten().any(|&i| i as usize >= ds.items.len()) {
         return Err(TrainError::InvalidConfig("a history refers to an item outside the catalog".into()));
+    }
+    let groups_fit = examples.groups.len() == histories.len()
+        && examples.groups.iter().zip(histories).all(|(g, h)| {
+            g.len() == h.len() && g.iter().enumerate().all(|(t, &(s, e))| s as usize <= t && t < e as usize && e as usize <= h.len())
+        });
+    if !groups_fit {
+        return Err(TrainError::InvalidConfig("examples need one tie group around each history position".into()));
     }
     if !(cfg.lr.is_finite() && cfg.lr > 0.0 && cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
         return Err(TrainError::InvalidConfig("lr must be > 0 and weight decay >= 0".into()));
@@ -452,47 +583,97 @@ pub fn train<B: AutodiffBackend>(
         .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay as f32)))
         .init::<B, TwoTower<B>>();
 
-    let mut examples: Vec<(u32, u32)> = histories
+    let mut examples_idx: Vec<(u32, u32)> = histories
         .iter()
         .enumerate()
         .flat_map(|(u, h)| (0..h.len() as u32).map(move |t| (u as u32, t)))
         .collect();
     let n_items = ds.items.len() as u32;
-    let steps_per_epoch = examples.len().div_ceil(cfg.batch);
+    let log_q = cfg.logq.then(|| sampling_log_q(histories, ds.items.len(), cfg.batch, cfg.negatives));
+    let steps_per_epoch = examples_idx.len().div_ceil(cfg.batch);
     let total_steps = steps_per_epoch * cfg.epochs;
     let mut step = 0;
+    let mut scratch = Vec::new();
+    let mut curve = Vec::new();
+    let mut best: Option<(f64, usize, TwoTower<B::InnerBackend>)> = None;
     for epoch in 0..cfg.epochs {
-        examples.shuffle(&mut rng);
+        examples_idx.shuffle(&mut rng);
         let mut loss_sum = 0f64;
-        for (bi, chunk) in examples.chunks(cfg.batch).enumerate() {
+        let mut batches = 0;
+        for chunk in examples_idx.chunks(cfg.batch) {
             let users: Vec<u32> = chunk.iter().map(|&(u, _)| u).collect();
-            let hists: Vec<&[u32]> = chunk.iter().map(|&(u, t)| &histories[u as usize][..t as usize]).collect();
+            let contexts: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|&(u, t)| examples.context(u as usize, t as usize, cfg.history, &mut rng, &mut scratch))
+                .collect();
+            let hists: Vec<&[u32]> = contexts.iter().map(Vec::as_slice).collect();
             let targets: Vec<u32> = chunk.iter().map(|&(u, t)| histories[u as usize][t as usize]).collect();
             let negatives: Vec<u32> = (0..cfg.negatives).map(|_| rng.random_range(0..n_items)).collect();
-            let loss = batch_loss(&model, &users, &hists, &targets, &negatives, cfg.history, device);
+            let loss = batch_loss(&model, &users, &hists, &targets, &negatives, cfg, log_q.as_deref(), device);
             let value = loss.clone().into_scalar().to_f64();
             if !value.is_finite() {
                 return Err(TrainError::Diverged { epoch, loss: value });
             }
             loss_sum += value;
+            batches += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.lr, model, grads);
             step += 1;
-            progress(TrainProgress { epoch, step, total_steps, loss: loss_sum / (bi + 1) as f64 });
+            progress(TrainProgress { epoch, step, total_steps, loss: loss_sum / batches as f64 });
+        }
+        let loss = loss_sum / batches.max(1) as f64;
+        let Some(validate) = validate.as_mut() else {
+            curve.push(EpochReport { epoch: epoch + 1, loss, validation: None });
+            continue;
+        };
+        let snapshot = model.valid();
+        let score = validate(&snapshot);
+        curve.push(EpochReport { epoch: epoch + 1, loss, validation: Some(score) });
+        let improved = best.as_ref().is_none_or(|(b, _, _)| score > *b);
+        if improved {
+            best = Some((score, epoch + 1, snapshot));
+        }
+        let since = epoch + 1 - best.as_ref().map_or(0, |(_, e, _)| *e);
+        if cfg.patience > 0 && since >= cfg.patience {
+            break;
         }
     }
-    Ok(model)
+    Ok(match best {
+        Some((_, best_epoch, model)) => TrainOutcome { model, curve, best_epoch },
+        None => TrainOutcome { model: model.valid(), best_epoch: curve.len(), curve },
+    })
+}
+
+/// `ln q(j)` for every item: the probability that one candidate column of a batch holds item
+/// `j`, when `batch` columns are other examples' targets (drawn in proportion to how often `j`
+/// is a training target) and `negatives` columns are uniform draws. Subtracting it from the
+/// logits is the sampling-bias correction of Yi et al. (RecSys 2019): without it, in-batch
+/// softmax pushes popular items down because they appear as negatives more often.
+fn sampling_log_q(histories: &[Vec<u32>], n_items: usize, batch: usize, negatives: usize) -> Vec<f32> {
+    let mut counts = vec![0f64; n_items];
+    for &i in histories.iter().flatten() {
+        counts[i as usize] += 1.0;
+    }
+    let total = counts.iter().sum::<f64>().max(1.0);
+    let (b, m) = (batch as f64, negatives as f64);
+    counts
+        .iter()
+        .map(|&c| ((b * c / total + m / n_items.max(1) as f64) / (b + m)).max(1e-12).ln() as f32)
+        .collect()
 }
 
 /// Softmax cross-entropy of each example's target against in-batch targets and shared
 /// negatives; any candidate equal to the example's own target (other than itself) is masked.
+/// With `log_q`, every candidate's logit is corrected by its sampling log-probability.
+#[allow(clippy::too_many_arguments)]
 fn batch_loss<B: Backend>(
     model: &TwoTower<B>,
     users: &[u32],
     hists: &[&[u32]],
     targets: &[u32],
     negatives: &[u32],
-    history: usize,
+    cfg: &TrainConfig,
+    log_q: Option<&[f32]>,
     device: &B::Device,
 ) -> Tensor<B, 1> {
     let b = users.len();
@@ -508,23 +689,16 @@ fn batch_loss<B: Backend>(
             }
         }
     }
-    let batch = UserBatch::<B>::new(users, hists, history, device);
-    let u = model.user_vectors(&batch);
+    let batch = UserBatch::<B>::new(users, hists, cfg.history, device);
+    let u = if cfg.personal { model.user_vectors(&batch) } else { model.shared_user_vectors(&batch) };
     let ids: Vec<i32> = cands.iter().map(|&i| i as i32).collect();
     let v = model.item_vectors_of(Tensor::from_data(TensorData::new(ids, [c]), device));
-    let logits = u.matmul(v.transpose()) + Tensor::from_data(TensorData::new(mask, [b, c]), device);
+    let mut logits = u.matmul(v.transpose()) + Tensor::from_data(TensorData::new(mask, [b, c]), device);
+    if let Some(log_q) = log_q {
+        let correction: Vec<f32> = cands.iter().map(|&i| -log_q[i as usize]).collect();
+        logits = logits + Tensor::<B, 2>::from_data(TensorData::new(correction, [1, c]), device);
+    }
     burn::tensor::loss::cross_entropy_with_logits(logits, Tensor::from_data(TensorData::new(onehot, [b, c]), device))
-}
-
-/// Trains and returns the model without autodiff state (ready for scoring).
-pub fn train_valid<B: AutodiffBackend>(
-    ds: &Dataset,
-    histories: &[Vec<u32>],
-    cfg: &TrainConfig,
-    device: &B::Device,
-    progress: &mut dyn FnMut(TrainProgress),
-) -> Result<TwoTower<B::InnerBackend>, TrainError> {
-    Ok(train::<B>(ds, histories, cfg, device, progress)?.valid())
 }
 
 /// A precomputed score table: every user's vector against every item, for evaluation.
@@ -589,21 +763,22 @@ mod tests {
     fn same_seed_same_model_and_loss_falls() {
         let ds = toy();
         let split = leave_one_out(&ds).unwrap();
-        let h = split.histories(ds.users.len());
+        let h = Examples::sequential(split.histories(ds.users.len()));
         let dev = Default::default();
         let mut first = None;
         let mut last = 0.0;
-        let a = train_valid::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |p| {
+        let a = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |p| {
             if p.epoch == 0 && first.is_none() {
                 first = Some(p.loss);
             }
             last = p.loss;
-        })
-        .unwrap();
+        }, None)
+        .unwrap()
+        .model;
         assert!(last < first.unwrap() * 0.8, "loss {first:?} -> {last}");
-        let b = train_valid::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |_| {}).unwrap();
+        let b = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |_| {}, None).unwrap().model;
         assert_eq!(a.global.to_file(), b.global.to_file());
-        let c = train_valid::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, seed: 7, ..small() }, &dev, &mut |_| {}).unwrap();
+        let c = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, seed: 7, ..small() }, &dev, &mut |_| {}, None).unwrap().model;
         assert_ne!(a.global.to_file(), c.global.to_file());
     }
 
@@ -641,10 +816,41 @@ mod tests {
     #[test]
     fn invalid_config_is_an_error() {
         let ds = toy();
-        let e = train::<Autodiff<Cpu>>(&ds, &[], &TrainConfig { dim: 0, ..small() }, &Default::default(), &mut |_| {})
+        let none = Examples::sequential(vec![]);
+        let e = train::<Autodiff<Cpu>>(&ds, &none, &TrainConfig { dim: 0, ..small() }, &Default::default(), &mut |_| {}, None)
             .unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("dim must be at least 1".into()));
-        let e = train::<Autodiff<Cpu>>(&ds, &[], &small(), &Default::default(), &mut |_| {}).unwrap_err();
+        let e = train::<Autodiff<Cpu>>(&ds, &none, &small(), &Default::default(), &mut |_| {}, None).unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("0 histories for 40 users".into()));
+    }
+
+    #[test]
+    fn contexts_follow_the_kind_of_data() {
+        // Sequential with a tie: the two items at t = 6 are not each other's context.
+        let timed = vec![vec![(10, 5), (11, 6), (12, 6), (13, 8)]];
+        let ex = Examples::new(&timed, Order::Sequential);
+        assert_eq!(ex.groups, vec![vec![(0, 1), (1, 3), (1, 3), (3, 4)]]);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut scratch = vec![];
+        let ctx: Vec<Vec<u32>> = (0..4).map(|t| ex.context(0, t, 50, &mut rng, &mut scratch)).collect();
+        assert_eq!(ctx, vec![vec![], vec![10, 12], vec![10, 11], vec![10, 11, 12]]);
+        assert_eq!(ex.context(0, 3, 2, &mut rng, &mut scratch), vec![11, 12], "the most recent `history` items");
+        assert_eq!(ex.context(0, 1, 1, &mut rng, &mut scratch), vec![12], "tie-mates are the most recent");
+
+        // Unordered: every other item can be context, never the target, in varying order.
+        let ex = Examples::new(&[(0..30).map(|i| (i, i as i64)).collect()], Order::Unordered);
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let c = ex.context(0, 7, 10, &mut rng, &mut scratch);
+            assert_eq!(c.len(), 10);
+            assert!(!c.contains(&7));
+            let mut u = c.clone();
+            u.sort_unstable();
+            u.dedup();
+            assert_eq!(u.len(), 10);
+            orders.insert(c);
+        }
+        assert!(orders.len() > 15);
+        assert_eq!(ex.context(0, 0, 100, &mut rng, &mut scratch).len(), 29);
     }
 }

@@ -43,11 +43,15 @@ pub struct RankConfig {
     pub rrf_k: f32,
     /// History length at which personal and popular weigh the same.
     pub warm_history: usize,
+    /// In [0, 1], scales the personal list's fusion weight: 1 for a model that beat
+    /// most-popular on validation, less for one that did not, so its lists lean on what is
+    /// popular (the model's manifest says which: `ModelManifest::personal_trust`).
+    pub personal_trust: f32,
 }
 
 impl Default for RankConfig {
     fn default() -> Self {
-        RankConfig { k: 10, diversity: 0.3, explore: 0.1, seed: 0, rrf_k: 60.0, warm_history: 10 }
+        RankConfig { k: 10, diversity: 0.3, explore: 0.1, seed: 0, rrf_k: 60.0, warm_history: 10, personal_trust: 1.0 }
     }
 }
 
@@ -251,7 +255,7 @@ pub fn rank(input: &RankInput<'_>, cfg: &RankConfig) -> Result<Vec<Ranked>, Rank
     let personal: Vec<u32> = input.personal.iter().map(|h| h.index).filter(|&i| allowed(i)).collect();
     let popular: Vec<u32> = input.popular.iter().copied().filter(|&i| allowed(i)).take(depth).collect();
     let h = input.history.len() as f32;
-    let w_personal = h / (h + cfg.warm_history.max(1) as f32);
+    let w_personal = cfg.personal_trust.clamp(0.0, 1.0) * h / (h + cfg.warm_history.max(1) as f32);
     let mut pool: Vec<(u32, f32, Source)> = vec![];
     let mut at = std::collections::HashMap::new();
     for (list, w, src) in [(&personal, w_personal, Source::Personal), (&popular, 1.0 - w_personal, Source::Popular)] {

@@ -224,6 +224,8 @@ pub struct Model {
     shard: CatalogShard,
     popular: Vec<u32>,
     calibration: Calibration,
+    /// The manifest's verdict on the model (lean on popular lists when it is below 1).
+    personal_trust: f32,
     model_version: u32,
 }
 
@@ -261,6 +263,7 @@ impl Model {
             tower,
             shard,
             calibration: bundle.manifest.calibration.unwrap_or_default(),
+            personal_trust: bundle.manifest.personal_trust(),
             model_version: bundle.manifest.model_version,
         })
     }
@@ -441,6 +444,7 @@ impl Engine {
             diversity: opts.diversity.unwrap_or(0.3),
             explore: opts.explore.unwrap_or(0.1),
             seed: self.seed,
+            personal_trust: self.model.personal_trust,
             ..RankConfig::default()
         };
         let ranked = rank(
