@@ -109,6 +109,8 @@ def data_args(ds):
 
 def hearth_side(ds):
     """Writes the synthetic data, the split and (if needed) the model; returns hearth's eval JSON."""
+    if not os.path.isfile(hearth_agg()):
+        sys.exit(f"quality_peers: {hearth_agg()} not found: cargo build -p hearth-aggregator, or set HEARTH_AGG")
     if ds["synth"] and not os.path.exists(ds["data"]):
         shape, d = ds["synth"]
         os.makedirs(d, exist_ok=True)
@@ -259,8 +261,7 @@ def evaluate(score_rows, held, seen, n_items, seed, batch=1024, coverage=False):
         if coverage:
             excl[rows, targets[lo:hi]] = False
             m = np.where(excl, -np.inf, s)
-            k = min(K, n_items - 1)
-            top = np.argpartition(-m, k, axis=1)[:, :K] if n_items > K else np.tile(np.arange(n_items), (len(rows), 1))
+            top = np.argpartition(-m, K - 1, axis=1)[:, :K] if n_items > K else np.tile(np.arange(n_items), (len(rows), 1))
             ok = ~np.take_along_axis(excl, top, axis=1)
             recommended[top[ok]] = True
     acc /= max(n, 1)
@@ -356,6 +357,13 @@ def tune_als(split, seed, quick):
     return res
 
 
+def eigh(a):
+    # One BLAS thread: LAPACK's symmetric eigensolver gains little from threads on a few cores, and
+    # measured 10x slower with two OpenBLAS threads while another process held the 2-core machine.
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        return np.linalg.eigh(a)
+
+
 class EaseSpectrum:
     """EASE for every lambda from one eigendecomposition of the smaller Gram matrix.
 
@@ -375,12 +383,12 @@ class EaseSpectrum:
         xd = x.astype(dt)
         self.primal = n <= u
         if self.primal:
-            s, q = np.linalg.eigh((xd.T @ xd).toarray())
+            s, q = eigh((xd.T @ xd).toarray())
             self.left = np.asarray(xd[rows] @ q)  # X_e Q
             self.right = q.T
             self.sq = q * q  # diag(P) = sq @ w
         else:
-            s, v = np.linalg.eigh((xd @ xd.T).toarray())
+            s, v = eigh((xd @ xd.T).toarray())
             self.left = v[rows]
             self.right = np.ascontiguousarray(np.asarray(xd.T @ v).T)  # W = V'X
             self.sq = (self.right * self.right).T  # n x r
@@ -470,8 +478,8 @@ def report(name, split, hearth, mp_ours, als, ease, as_json, train_s):
             a, b, c, d = cols(r)
             print(f"{label:<18} {a:>13.4f} {b:>8.4f} {c:>12.4f} {d:>8.4f}   {chosen}")
     if hearth:
-        a, b, c, d = ratios
-        print(f"{'hearth / best peer':<18} {a:>12.2f}x {b:>7.2f}x {c:>11.2f}x {d:>7.2f}x")
+        a, b, c, d = (f"{r:.2f}x" if r is not None else "-" for r in ratios)
+        print(f"{'hearth / best peer':<18} {a:>13} {b:>8} {c:>12} {d:>8}   (best of ALS, EASE, most popular)")
         if hearth.get("users") != n_test:
             print(f"warning: hearth evaluated {hearth.get('users')} users, this script {n_test}")
     pm = cols(mp_ours)

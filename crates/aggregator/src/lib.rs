@@ -343,7 +343,7 @@ pub fn fit_calibration(bundle: &ModelBundle, ds: &Dataset, split: &Split, seed: 
 /// Writes the exact split `train` uses, as files other tools can read (external ids, tab
 /// separated, no header), so peers are scored on hearth's split and candidates:
 /// `items.tsv` (the catalog), `train.tsv` (`user item rating`: training minus validation),
-/// `valid.tsv` and `test.tsv` (`user item`), `valid_candidates.tsv` and `candidates.tsv`
+/// `valid.tsv` (`user item rating`), `test.tsv` (`user item`, as `eval --test` reads it), `valid_candidates.tsv` and `candidates.tsv`
 /// (`user item…`: the sampled negatives, `NEGATIVES` per user, drawn with `seed` as `train` and
 /// `eval` draw them). Returns (training rows, validation users, test users).
 pub fn write_split(ds: &Dataset, test: Option<&Path>, seed: u64, dir: &Path) -> Result<(usize, usize, usize)> {
@@ -362,6 +362,15 @@ pub fn write_split(ds: &Dataset, test: Option<&Path>, seed: u64, dir: &Path) -> 
         train += &format!("{}\t{}\t{}\n", user(x.user), item(x.item), x.rating);
     }
     let held = |s: &Split| -> String { s.test.iter().map(|h| format!("{}\t{}\n", user(h.user), item(h.item))).collect() };
+    // Validation rows carry their rating too, so peers refit on train + validation with it.
+    let rating: std::collections::HashMap<(u32, u32), f32> =
+        valid.train.iter().chain(&ds.interactions).map(|x| ((x.user, x.item), x.rating)).rev().collect();
+    let held_rated = |s: &Split| -> String {
+        s.test
+            .iter()
+            .map(|h| format!("{}\t{}\t{}\n", user(h.user), item(h.item), rating.get(&(h.user, h.item)).copied().unwrap_or(1.0)))
+            .collect()
+    };
     let cands = |s: &Split| -> String {
         s.test
             .iter()
@@ -379,7 +388,7 @@ pub fn write_split(ds: &Dataset, test: Option<&Path>, seed: u64, dir: &Path) -> 
     for (name, text) in [
         ("items.tsv", items),
         ("train.tsv", train),
-        ("valid.tsv", held(&valid)),
+        ("valid.tsv", held_rated(&valid)),
         ("valid_candidates.tsv", cands(&valid)),
         ("test.tsv", held(&split)),
         ("candidates.tsv", cands(&split)),

@@ -133,3 +133,45 @@ fn csv_dataset_trains_evaluates_and_refuses_other_models() {
         "does not exist",
     );
 }
+
+#[test]
+fn synth_split_and_a_model_that_learned_nothing_is_flagged() {
+    let dir = scratch("guard");
+    let data = dir.join("plays");
+    let (ok, _, err) = run(bin().args(["synth", "--shape", "long-tail", "--out", data.to_str().unwrap()]));
+    assert!(ok, "synth failed: {err}");
+    let csv = data.join("interactions.csv");
+
+    // The split other tools are scored on: one validation and one test line per user with
+    // enough history, 99 candidates each, and no test item in the training rows.
+    let split = dir.join("split");
+    let (ok, _, err) = run(bin().args(["split", "--data", csv.to_str().unwrap(), "--out", split.to_str().unwrap()]));
+    assert!(ok, "split failed: {err}");
+    assert!(err.contains("unordered data"), "{err}");
+    let read = |name: &str| std::fs::read_to_string(split.join(name)).unwrap();
+    let (train, valid, test, cands) = (read("train.tsv"), read("valid.tsv"), read("test.tsv"), read("candidates.tsv"));
+    assert_eq!(test.lines().count(), 1200);
+    assert_eq!(valid.lines().count(), 1200);
+    assert!(cands.lines().all(|l| l.split('\t').count() == 100));
+    let rows: std::collections::HashSet<(&str, &str)> =
+        train.lines().map(|l| { let f: Vec<&str> = l.split('\t').collect(); (f[0], f[1]) }).collect();
+    for l in test.lines().chain(valid.lines()) {
+        let (u, i) = l.split_once('\t').unwrap();
+        assert!(!rows.contains(&(u, i)), "held-out {u} {i} is in train.tsv");
+    }
+
+    // A model that learned nothing (one epoch at a vanishing learning rate) does not beat
+    // most-popular on this long-tailed data: `train` says so loudly and records it.
+    let model = dir.join("model");
+    let (ok, _, err) = run(bin().args([
+        "train", "--data", csv.to_str().unwrap(), "--out", model.to_str().unwrap(), "--epochs", "1", "--lr", "1e-9",
+    ]));
+    assert!(ok, "train failed: {err}");
+    assert!(err.contains("data kind: unordered (no timestamp column)"), "{err}");
+    assert!(err.contains("WARNING: this model does NOT beat most-popular on the validation split"), "{err}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["selection"]["beats_most_popular"], false, "{manifest}");
+    assert_eq!(manifest["selection"]["order"], "unordered");
+    assert_eq!(manifest["selection"]["curve"].as_array().unwrap().len(), 1);
+}

@@ -458,6 +458,18 @@ mod tests {
         assert_eq!(cold.iter().map(|r| r.index).collect::<Vec<_>>(), want);
         assert!(cold.iter().all(|r| r.reason == Reason::Popular && r.source != Source::Personal));
 
+        // A model its manifest marks as weak (it did not beat most-popular on validation): the
+        // same history leans on the popular list; no trust at all gives the popular order.
+        let popular_share = |trust: f32| {
+            let l = rank(&input, &RankConfig { personal_trust: trust, ..plain }).unwrap();
+            l.iter().filter(|r| r.source == Source::Popular).count()
+        };
+        assert_eq!(popular_share(1.0), 0);
+        assert!(popular_share(0.5) >= 3, "{}", popular_share(0.5));
+        let none = rank(&input, &RankConfig { personal_trust: 0.0, ..plain }).unwrap();
+        let want: Vec<u32> = popular.iter().copied().filter(|i| !excluded.contains(i) && !seen.contains(i)).take(10).collect();
+        assert_eq!(none.iter().map(|r| r.index).collect::<Vec<_>>(), want);
+
         // Bad input is a typed error.
         assert!(matches!(rank(&RankInput { user: &[1.0], ..input }, &plain), Err(RankError::Width { .. })));
         assert!(matches!(rank(&input, &RankConfig { diversity: 2.0, ..plain }), Err(RankError::Config(_))));
