@@ -364,7 +364,7 @@ pub fn write_split(ds: &Dataset, test: Option<&Path>, seed: u64, dir: &Path) -> 
     let held = |s: &Split| -> String { s.test.iter().map(|h| format!("{}\t{}\n", user(h.user), item(h.item))).collect() };
     // Validation rows carry their rating too, so peers refit on train + validation with it.
     let rating: std::collections::HashMap<(u32, u32), f32> =
-        valid.train.iter().chain(&ds.interactions).map(|x| ((x.user, x.item), x.rating)).rev().collect();
+        ds.interactions.iter().map(|x| ((x.user, x.item), x.rating)).collect();
     let held_rated = |s: &Split| -> String {
         s.test
             .iter()
