@@ -144,6 +144,9 @@ struct Hyper {
     /// Weight decay.
     #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
     weight_decay: f64,
+    /// Penalty on the squared norm of user vectors (added to the loss).
+    #[arg(long, default_value_t = TrainConfig::default().user_l2)]
+    user_l2: f64,
 }
 
 impl Hyper {
@@ -157,6 +160,7 @@ impl Hyper {
             negatives: self.negatives,
             lr: self.lr,
             weight_decay: self.weight_decay,
+            user_l2: self.user_l2,
             patience: self.patience,
             logq: self.logq,
             personal: self.personal,

@@ -57,6 +57,13 @@ pub struct TrainConfig {
     pub lr: f64,
     /// L2 weight decay (all parameters).
     pub weight_decay: f64,
+    /// Penalty on each example's user vector: `user_l2 * mean ‖u‖²` is added to the loss. It
+    /// keeps the softmax from growing confident user vectors that memorise the training items
+    /// (validation full NDCG@10: long-tail 0.150 → 0.183, wide-catalog 0.064 → 0.072, MovieLens
+    /// 100K 0.131 → 0.139). Weight decay on all parameters, or a penalty on item vectors too,
+    /// did not do this.
+    #[serde(default)]
+    pub user_l2: f64,
     /// Correct logits by each candidate's sampling log-probability (in-batch targets follow
     /// popularity; Yi et al., RecSys 2019).
     #[serde(default)]
@@ -79,6 +86,7 @@ impl Default for TrainConfig {
             negatives: 512,
             lr: 2e-3,
             weight_decay: 1e-5,
+            user_l2: 0.1,
             patience: 3,
             logq: true,
             personal: true,
@@ -579,6 +587,9 @@ pub fn train<B: AutodiffBackend>(
     if !(cfg.lr.is_finite() && cfg.lr > 0.0 && cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
         return Err(TrainError::InvalidConfig("lr must be > 0 and weight decay >= 0".into()));
     }
+    if !(cfg.user_l2.is_finite() && cfg.user_l2 >= 0.0) {
+        return Err(TrainError::InvalidConfig("user_l2 must be >= 0".into()));
+    }
     let dims = dims_for(ds, cfg);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = TwoTower::<B> {
@@ -671,7 +682,8 @@ fn sampling_log_q(histories: &[Vec<u32>], n_items: usize, batch: usize, negative
 
 /// Softmax cross-entropy of each example's target against in-batch targets and shared
 /// negatives; any candidate equal to the example's own target (other than itself) is masked.
-/// With `log_q`, every candidate's logit is corrected by its sampling log-probability.
+/// With `log_q`, every candidate's logit is corrected by its sampling log-probability; with
+/// `cfg.user_l2`, the mean squared norm of the user vectors is added.
 #[allow(clippy::too_many_arguments)]
 fn batch_loss<B: Backend>(
     model: &TwoTower<B>,
@@ -700,12 +712,13 @@ fn batch_loss<B: Backend>(
     let u = if cfg.personal { model.user_vectors(&batch) } else { model.shared_user_vectors(&batch) };
     let ids: Vec<i32> = cands.iter().map(|&i| i as i32).collect();
     let v = model.item_vectors_of(Tensor::from_data(TensorData::new(ids, [c]), device));
-    let mut logits = u.matmul(v.transpose()) + Tensor::from_data(TensorData::new(mask, [b, c]), device);
+    let mut logits = u.clone().matmul(v.transpose()) + Tensor::from_data(TensorData::new(mask, [b, c]), device);
     if let Some(log_q) = log_q {
         let correction: Vec<f32> = cands.iter().map(|&i| -log_q[i as usize]).collect();
         logits = logits + Tensor::<B, 2>::from_data(TensorData::new(correction, [1, c]), device);
     }
-    burn::tensor::loss::cross_entropy_with_logits(logits, Tensor::from_data(TensorData::new(onehot, [b, c]), device))
+    let ce = burn::tensor::loss::cross_entropy_with_logits(logits, Tensor::from_data(TensorData::new(onehot, [b, c]), device));
+    if cfg.user_l2 > 0.0 { ce + u.powf_scalar(2.0).sum_dim(1).mean().mul_scalar(cfg.user_l2) } else { ce }
 }
 
 /// A precomputed score table: every user's vector against every item, for evaluation.
@@ -827,6 +840,9 @@ mod tests {
         let e = train::<Autodiff<Cpu>>(&ds, &none, &TrainConfig { dim: 0, ..small() }, &Default::default(), &mut |_| {}, None)
             .unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("dim must be at least 1".into()));
+        let e = train::<Autodiff<Cpu>>(&ds, &none, &TrainConfig { user_l2: f64::NAN, ..small() }, &Default::default(), &mut |_| {}, None)
+            .unwrap_err();
+        assert_eq!(e, TrainError::InvalidConfig("user_l2 must be >= 0".into()));
         let e = train::<Autodiff<Cpu>>(&ds, &none, &small(), &Default::default(), &mut |_| {}, None).unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("0 histories for 40 users".into()));
     }
