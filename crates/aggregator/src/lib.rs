@@ -160,6 +160,10 @@ pub fn objective_text(order: Order) -> &'static str {
     }
 }
 
+/// Early stopping's patience starts counting once validation full NDCG@10 is this many times
+/// most-popular's (see [`model::Validation::floor`]).
+pub const POPULAR_MARGIN: f64 = 1.1;
+
 /// Criterion early stopping maximises.
 pub const SELECTION_CRITERION: &str = "validation full-ranking NDCG@10";
 
@@ -215,8 +219,18 @@ impl Run<'_> {
         let mut validate = |m: &TwoTower<B::InnerBackend>| {
             evaluate_on(m, ds, self.valid, &valid_cands, cfg.seed, device).model.full.ndcg
         };
+        let protocol = Protocol {
+            n_items: ds.items.len(),
+            train: &self.valid.train,
+            test: &self.valid.test,
+            candidates: &valid_cands,
+            k: K,
+            seed: cfg.seed,
+        };
+        let popular = eval::evaluate(&MostPopular::fit(ds.items.len(), &self.valid.train), &protocol).full.ndcg;
+        let validation = model::Validation { score: &mut validate, floor: POPULAR_MARGIN * popular };
         let start = std::time::Instant::now();
-        let outcome = model::train::<B>(ds, self.examples, cfg, device, progress, Some(&mut validate))?;
+        let outcome = model::train::<B>(ds, self.examples, cfg, device, progress, Some(validation))?;
         let train_seconds = start.elapsed().as_secs_f64();
         let model = outcome.model;
         let on_valid = evaluate_on(&model, ds, self.valid, &valid_cands, cfg.seed, device);

@@ -548,18 +548,31 @@ pub struct TrainOutcome<B: Backend> {
 /// [`train`] for early stopping.
 pub type Validate<'a, B> = &'a mut dyn FnMut(&TwoTower<B>) -> f64;
 
+/// Early stopping's inputs: the validation score and the score a model must pass before
+/// patience starts counting.
+pub struct Validation<'a, B: Backend> {
+    /// The validation score.
+    pub score: Validate<'a, B>,
+    /// Patience counts only once some epoch scored above this (e.g. a little above
+    /// most-popular): training often spends its first epochs on a plateau at the popularity
+    /// baseline, and stopping there would publish most-popular in disguise. A run that never
+    /// passes it trains all `epochs`.
+    pub floor: f64,
+}
+
 /// Trains a two-tower model on `examples` (see [`Examples`] for what predicts what).
 ///
-/// With `validate`, the model is scored after every epoch and training stops once
-/// `cfg.patience` epochs in a row have not beaten the best score (`patience = 0`: never stops
-/// early); the best epoch's model is returned. Without it, all `cfg.epochs` run.
+/// With `validate`, the model is scored after every epoch and, once the best score is above
+/// the floor, training stops when `cfg.patience` epochs in a row have not beaten it
+/// (`patience = 0`: never stops early); the best epoch's model is returned. Without it, all
+/// `cfg.epochs` run.
 pub fn train<B: AutodiffBackend>(
     ds: &Dataset,
     examples: &Examples,
     cfg: &TrainConfig,
     device: &B::Device,
     progress: &mut dyn FnMut(TrainProgress),
-    mut validate: Option<Validate<'_, B::InnerBackend>>,
+    mut validate: Option<Validation<'_, B::InnerBackend>>,
 ) -> Result<TrainOutcome<B::InnerBackend>, TrainError> {
     for (name, v) in [("dim", cfg.dim), ("hidden", cfg.hidden), ("history", cfg.history), ("batch", cfg.batch), ("epochs", cfg.epochs)] {
         if v == 0 {
@@ -645,14 +658,15 @@ pub fn train<B: AutodiffBackend>(
             continue;
         };
         let snapshot = model.valid();
-        let score = validate(&snapshot);
+        let score = (validate.score)(&snapshot);
         curve.push(EpochReport { epoch: epoch + 1, loss, validation: Some(score) });
         let improved = best.as_ref().is_none_or(|(b, _, _)| score > *b);
         if improved {
             best = Some((score, epoch + 1, snapshot));
         }
-        let since = epoch + 1 - best.as_ref().map_or(0, |(_, e, _)| *e);
-        if cfg.patience > 0 && since >= cfg.patience {
+        let (best_score, best_epoch) = best.as_ref().map_or((f64::MIN, 0), |(b, e, _)| (*b, *e));
+        let since = epoch + 1 - best_epoch;
+        if cfg.patience > 0 && since >= cfg.patience && best_score > validate.floor {
             break;
         }
     }
@@ -803,6 +817,27 @@ mod tests {
     }
 
     #[test]
+    fn early_stopping_waits_for_the_floor_and_then_for_patience() {
+        let ds = toy();
+        let split = leave_one_out(&ds).unwrap();
+        let h = Examples::sequential(split.histories(ds.users.len()));
+        let dev = Default::default();
+        let cfg = TrainConfig { epochs: 8, patience: 2, ..small() };
+        // Validation that peaks at epoch 2 and then falls: patience stops at epoch 4, unless the
+        // peak is on a plateau below the floor, when all epochs run.
+        let scores = [0.10, 0.11, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04];
+        for (floor, epochs_run) in [(0.0, 4), (0.5, 8)] {
+            let mut epoch = 0;
+            let mut score = |_: &TwoTower<Cpu>| {
+                epoch += 1;
+                scores[epoch - 1]
+            };
+            let out = train::<Autodiff<Cpu>>(&ds, &h, &cfg, &dev, &mut |_| {}, Some(Validation { score: &mut score, floor })).unwrap();
+            assert_eq!((out.curve.len(), out.best_epoch), (epochs_run, 2), "floor {floor}");
+        }
+    }
+
+    #[test]
     fn empty_history_gives_finite_vector_and_cold_items_get_vectors() {
         let ds = toy();
         let dev = Default::default();
@@ -840,7 +875,8 @@ mod tests {
         let e = train::<Autodiff<Cpu>>(&ds, &none, &TrainConfig { dim: 0, ..small() }, &Default::default(), &mut |_| {}, None)
             .unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("dim must be at least 1".into()));
-        let e = train::<Autodiff<Cpu>>(&ds, &none, &TrainConfig { user_l2: f64::NAN, ..small() }, &Default::default(), &mut |_| {}, None)
+        let h = Examples::sequential(leave_one_out(&ds).unwrap().histories(ds.users.len()));
+        let e = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { user_l2: f64::NAN, ..small() }, &Default::default(), &mut |_| {}, None)
             .unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("user_l2 must be >= 0".into()));
         let e = train::<Autodiff<Cpu>>(&ds, &none, &small(), &Default::default(), &mut |_| {}, None).unwrap_err();
