@@ -128,14 +128,18 @@ fn evaluate_on<B: burn::prelude::Backend>(
 ) -> Report {
     let histories = split.histories(ds.users.len());
     let table = ScoreTable::compute(model, &histories, device);
-    let protocol =
-        Protocol { n_items: ds.items.len(), train: &split.train, test: &split.test, candidates: cands, k: K, seed };
+    let protocol = protocol(ds, split, cands, seed);
     let pop = MostPopular::fit(ds.items.len(), &split.train);
     Report {
         model: eval::evaluate(&table, &protocol),
         most_popular: eval::evaluate(&pop, &protocol),
         users: split.test.len(),
     }
+}
+
+/// The evaluation protocol of `split` with the candidates given.
+fn protocol<'a>(ds: &Dataset, split: &'a Split, cands: &'a [Vec<u32>], seed: u64) -> Protocol<'a> {
+    Protocol { n_items: ds.items.len(), train: &split.train, test: &split.test, candidates: cands, k: K, seed }
 }
 
 /// A trained model, ready to write.
@@ -216,24 +220,20 @@ impl Run<'_> {
     ) -> Result<Trained> {
         let (ds, cfg) = (self.ds, self.cfg);
         let valid_cands = data::sample_negatives(ds, self.valid, NEGATIVES, cfg.seed);
-        let mut validate = |m: &TwoTower<B::InnerBackend>| {
-            evaluate_on(m, ds, self.valid, &valid_cands, cfg.seed, device).model.full.ndcg
-        };
-        let protocol = Protocol {
-            n_items: ds.items.len(),
-            train: &self.valid.train,
-            test: &self.valid.test,
-            candidates: &valid_cands,
-            k: K,
-            seed: cfg.seed,
-        };
-        let popular = eval::evaluate(&MostPopular::fit(ds.items.len(), &self.valid.train), &protocol).full.ndcg;
-        let validation = model::Validation { score: &mut validate, floor: POPULAR_MARGIN * popular };
+        // Most-popular on validation is scored once: it sets early stopping's floor and is
+        // reported beside the chosen model; each epoch scores only the model.
+        let protocol = protocol(ds, self.valid, &valid_cands, cfg.seed);
+        let histories = self.valid.histories(ds.users.len());
+        let on_valid_model =
+            |m: &TwoTower<B::InnerBackend>| eval::evaluate(&ScoreTable::compute(m, &histories, device), &protocol);
+        let popular = eval::evaluate(&MostPopular::fit(ds.items.len(), &self.valid.train), &protocol);
+        let mut validate = |m: &TwoTower<B::InnerBackend>| on_valid_model(m).full.ndcg;
+        let validation = model::Validation { score: &mut validate, floor: POPULAR_MARGIN * popular.full.ndcg };
         let start = std::time::Instant::now();
         let outcome = model::train::<B>(ds, self.examples, cfg, device, progress, Some(validation))?;
         let train_seconds = start.elapsed().as_secs_f64();
         let model = outcome.model;
-        let on_valid = evaluate_on(&model, ds, self.valid, &valid_cands, cfg.seed, device);
+        let on_valid = Report { model: on_valid_model(&model), most_popular: popular, users: self.valid.test.len() };
         let report = evaluate_model(&model, ds, self.split, None, cfg.seed, device)?;
         let selection = Selection {
             order: self.order.order,
