@@ -212,7 +212,7 @@ async function tune(input) {
   const result = await new Promise((ok) => {
     worker.onmessage = ({ data }) => ok(data);
     worker.onerror = (e) => ok({ ok: false, message: e.message });
-    worker.postMessage({ shard: modelShard, start: input.start, positives: input.positives, backend: trainOn, steps: 40, seed });
+    worker.postMessage({ shard: modelShard, start: input.start, positives: input.positives, link: input.link, backend: trainOn, steps: 40, seed });
   });
   const key = input.positives.join();
   if (!result.ok) {

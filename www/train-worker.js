@@ -11,7 +11,7 @@ self.onmessage = async ({ data }) => {
     await ready;
     let backend = data.backend;
     if (backend === "auto") backend = self.navigator.gpu && (await self.navigator.gpu.requestAdapter()) ? "webgpu" : "cpu";
-    const result = await fineTune(data.shard, data.start, data.positives, { backend, steps: data.steps, seed: data.seed });
+    const result = await fineTune(data.shard, data.start, data.positives, { backend, steps: data.steps, seed: data.seed, link: data.link });
     self.postMessage({ ok: true, id: data.id, ...result });
   } catch (e) {
     self.postMessage({ ok: false, id: data.id, message: String(e?.message || e) });

@@ -184,7 +184,7 @@ pub fn train_model(
     let split = make_split(ds, test)?;
     let order = ds.order();
     let valid = data::validation_split(ds, &split);
-    let examples = Examples::new(&data::timed_histories(&valid.train, ds.users.len()), order.order);
+    let examples = Examples::from_interactions(&valid.train, ds.users.len(), order.order);
     let run = Run { ds, split: &split, valid: &valid, examples: &examples, order, cfg, explicit_test: test.is_some() };
     match backend {
         Backend::Cpu => {

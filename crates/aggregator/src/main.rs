@@ -9,7 +9,7 @@ use hearth_aggregator::{
     Backend, evaluate_dir, fit_calibration, load_dataset, make_split, read_model_dir, report_json, report_table, train_model,
     write_model_dir, write_shard,
 };
-use hearth_core::model::TrainConfig;
+use hearth_core::model::{Link, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -147,6 +147,18 @@ struct Hyper {
     /// Penalty on the squared norm of user vectors (added to the loss).
     #[arg(long, default_value_t = TrainConfig::default().user_l2)]
     user_l2: f64,
+    /// Weight of an interaction's rating or play count: its example counts `1 + w · ln(1 + rating)`
+    /// (0: every interaction alike).
+    #[arg(long, default_value_t = TrainConfig::default().rating_weight)]
+    rating_weight: f64,
+    /// How scores become the softmax's logits: `softplus` (p ∝ softplus(u·v)) or `exp` (the plain
+    /// softmax).
+    #[arg(long, default_value = TrainConfig::default().link.name(), value_parser = parse_link)]
+    link: Link,
+}
+
+fn parse_link(s: &str) -> Result<Link, String> {
+    Link::from_name(s).ok_or_else(|| format!("unknown link {s:?} (softplus or exp)"))
 }
 
 impl Hyper {
@@ -161,6 +173,8 @@ impl Hyper {
             lr: self.lr,
             weight_decay: self.weight_decay,
             user_l2: self.user_l2,
+            rating_weight: self.rating_weight,
+            link: self.link,
             patience: self.patience,
             logq: self.logq,
             personal: self.personal,
@@ -214,6 +228,15 @@ fn run(cli: Cli) -> Result<()> {
             };
             eprintln!("data kind: {} ({why})", order.order);
             eprintln!("objective: {}", hearth_aggregator::objective_text(order.order));
+            let (lo, hi) = ds.interactions.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), x| (lo.min(x.rating), hi.max(x.rating)));
+            let weighs = if cfg.rating_weight == 0.0 {
+                "every interaction alike (--rating-weight 0)".to_owned()
+            } else if lo >= hi {
+                "every interaction alike (the data has no ratings or play counts)".to_owned()
+            } else {
+                format!("each example by 1 + {} · ln(1 + rating) (ratings {lo} to {hi})", cfg.rating_weight)
+            };
+            eprintln!("loss weighs {weighs}; link: {}", cfg.link.name());
             let bar = ProgressBar::new(1);
             bar.set_style(
                 ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {msg}")

@@ -257,7 +257,49 @@ pub struct ModelManifest {
     pub selection: Option<Selection>,
 }
 
+/// How a model's score `z = u·v` becomes the logit its softmax was trained on. Both links are
+/// increasing, so ranking by `z` is the same under either; they differ in what training can
+/// express, and a device fine-tuning a person's vector must use the link the model was trained
+/// with ([`ModelManifest::link`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    /// `logit = z`: the plain softmax, `p(i|u) ∝ exp(u·v)`. A dot product of width d can then
+    /// only express log-probabilities of rank d (the "softmax bottleneck", Yang et al., ICLR
+    /// 2018), while a mixture of tastes has probabilities of low rank, not log-probabilities.
+    /// Models trained before links existed record none and used this.
+    #[default]
+    Exp,
+    /// `logit = ln softplus(z)`: `p(i|u) ∝ softplus(u·v)`, linear in `z` where `z` is large and
+    /// `exp(z)` where it is negative, so a mixture of a person's tastes is a sum of vectors
+    /// (a non-exponential output function breaks the bottleneck: Kanai et al., NeurIPS 2018).
+    Softplus,
+}
+
+impl Link {
+    /// The name manifests and the page use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Exp => "exp",
+            Link::Softplus => "softplus",
+        }
+    }
+
+    /// Reads a name written by [`Link::name`].
+    pub fn from_name(name: &str) -> Option<Link> {
+        [Link::Exp, Link::Softplus].into_iter().find(|l| l.name() == name)
+    }
+}
+
 impl ModelManifest {
+    /// The link the model was trained with (`hyper.link`; [`Link::Exp`] when absent).
+    pub fn link(&self) -> Result<Link, String> {
+        match self.hyper.get("link") {
+            None | Some(serde_json::Value::Null) => Ok(Link::Exp),
+            Some(v) => v.as_str().and_then(Link::from_name).ok_or_else(|| format!("unknown link {v}")),
+        }
+    }
+
     /// How much a device may trust the model's personal list against the popular one when it
     /// fuses them (`rank::RankConfig::personal_trust`): 1 for a model that beat most-popular on
     /// validation (or records no check), 0.5 for one that did not, so such a model's lists lean

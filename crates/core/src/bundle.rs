@@ -246,6 +246,7 @@ impl ModelBundle {
         }
         let manifest: ModelManifest =
             serde_json::from_value(value).map_err(|e| BundleError::BadManifest(e.to_string()))?;
+        manifest.link().map_err(BundleError::BadManifest)?;
 
         let mut load = |name: &str, optional: bool| -> Result<Option<Vec<u8>>, BundleError> {
             let Some(want) = manifest.files.get(name) else { return Ok(None) };

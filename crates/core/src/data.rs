@@ -707,15 +707,21 @@ pub fn histories(interactions: &[Interaction], n_users: usize) -> Vec<Vec<u32>> 
 
 /// Each user's `(item, timestamp)` pairs ordered by time, ties broken by file order.
 pub fn timed_histories(interactions: &[Interaction], n_users: usize) -> Vec<Vec<(u32, i64)>> {
-    let mut per_user: Vec<Vec<(i64, usize, u32)>> = vec![Vec::new(); n_users];
+    per_user_in_time_order(interactions, n_users, |x| (x.item, x.timestamp))
+}
+
+/// `f` of each user's interactions, ordered by time with ties broken by file order (the order of
+/// [`timed_histories`]).
+pub fn per_user_in_time_order<T>(interactions: &[Interaction], n_users: usize, f: impl Fn(&Interaction) -> T) -> Vec<Vec<T>> {
+    let mut per_user: Vec<Vec<(i64, usize)>> = vec![Vec::new(); n_users];
     for (pos, x) in interactions.iter().enumerate() {
-        per_user[x.user as usize].push((x.timestamp, pos, x.item));
+        per_user[x.user as usize].push((x.timestamp, pos));
     }
     per_user
         .into_iter()
         .map(|mut v| {
             v.sort_unstable();
-            v.into_iter().map(|(t, _, item)| (item, t)).collect()
+            v.into_iter().map(|(_, pos)| f(&interactions[pos])).collect()
         })
         .collect()
 }

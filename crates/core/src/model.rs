@@ -14,8 +14,10 @@
 //! are separate types, because only global ones are ever federated.
 //!
 //! Training uses a softmax over the target item, the other targets in the batch and a shared set
-//! of uniformly sampled negatives (collisions with the target are masked), Adam, and a seeded
-//! ChaCha RNG for initialisation, shuffling and sampling: the same seed gives the same model.
+//! of uniformly sampled negatives (collisions with the target are masked), with logits
+//! corrected for sampling bias and read through a [`Link`] (`ln softplus(u·v)` by default), each
+//! example weighted by the confidence its rating or play count gives, Adam, and a seeded ChaCha
+//! RNG for initialisation, shuffling and sampling: the same seed gives the same model.
 
 use burn::module::{AutodiffModule, Param};
 use burn::optim::decay::WeightDecayConfig;
@@ -28,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::artifact::Link;
 use crate::artifact::{ArtifactError, ModelDims, TensorFile};
 use crate::data::{Dataset, Order};
 use crate::eval::Recommender;
@@ -64,6 +67,17 @@ pub struct TrainConfig {
     /// did not do this.
     #[serde(default)]
     pub user_l2: f64,
+    /// How much an interaction's rating or play count weighs its example: each target's loss
+    /// counts `1 + rating_weight · ln(1 + rating)`, the confidence of implicit-feedback ALS in
+    /// its log form (Hu, Koren & Volinsky, ICDM 2008); 0 weighs every interaction alike, and so
+    /// does data without ratings. Play counts say which items are a person's own taste
+    /// (validation full NDCG@10 on long-tail 0.1955 → 0.2029, wide-catalog 0.0850 → 0.0890).
+    #[serde(default)]
+    pub rating_weight: f64,
+    /// How scores become the softmax's logits (see [`Link`]; absent in manifests of models
+    /// trained before it: [`Link::Exp`]).
+    #[serde(default)]
+    pub link: Link,
     /// Correct logits by each candidate's sampling log-probability (in-batch targets follow
     /// popularity; Yi et al., RecSys 2019).
     #[serde(default)]
@@ -84,9 +98,11 @@ impl Default for TrainConfig {
             epochs: 30,
             batch: 256,
             negatives: 512,
-            lr: 2e-3,
+            lr: 5e-3,
             weight_decay: 1e-5,
             user_l2: 0.1,
+            rating_weight: 1.0,
+            link: Link::Softplus,
             patience: 3,
             logq: true,
             personal: true,
@@ -465,13 +481,24 @@ pub struct Examples {
     pub groups: Vec<Vec<(u32, u32)>>,
     /// The kind of data.
     pub order: Order,
+    /// `ratings[u][t]`: the rating (or play count) of `histories[u][t]`, 1.0 for implicit data.
+    pub ratings: Vec<Vec<f32>>,
 }
 
 impl Examples {
+    /// Examples from a dataset's interactions (each user's in time order, ties by file order),
+    /// with their ratings.
+    pub fn from_interactions(interactions: &[crate::data::Interaction], n_users: usize, order: Order) -> Examples {
+        let mut ex = Examples::new(&crate::data::timed_histories(interactions, n_users), order);
+        ex.ratings = crate::data::per_user_in_time_order(interactions, n_users, |x| x.rating);
+        ex
+    }
+
     /// Examples from `(item, timestamp)` histories in time order (see
-    /// [`crate::data::timed_histories`]).
+    /// [`crate::data::timed_histories`]), every rating 1.
     pub fn new(timed: &[Vec<(u32, i64)>], order: Order) -> Examples {
         let histories = timed.iter().map(|h| h.iter().map(|&(i, _)| i).collect()).collect();
+        let ratings = timed.iter().map(|h| vec![1.0; h.len()]).collect();
         let groups = timed
             .iter()
             .map(|h| {
@@ -489,14 +516,15 @@ impl Examples {
                 out
             })
             .collect();
-        Examples { histories, groups, order }
+        Examples { histories, groups, order, ratings }
     }
 
     /// Sequential examples from histories without ties (each item's context is every item
     /// before it).
     pub fn sequential(histories: Vec<Vec<u32>>) -> Examples {
         let groups = histories.iter().map(|h| (0..h.len() as u32).map(|t| (t, t + 1)).collect()).collect();
-        Examples { histories, groups, order: Order::Sequential }
+        let ratings = histories.iter().map(|h| vec![1.0; h.len()]).collect();
+        Examples { histories, groups, order: Order::Sequential, ratings }
     }
 
     /// The context of target `t` of user `u` (its tie-mates in an order drawn from `rng`), at
@@ -603,6 +631,19 @@ pub fn train<B: AutodiffBackend>(
     if !(cfg.user_l2.is_finite() && cfg.user_l2 >= 0.0) {
         return Err(TrainError::InvalidConfig("user_l2 must be >= 0".into()));
     }
+    if !(cfg.rating_weight.is_finite() && cfg.rating_weight >= 0.0) {
+        return Err(TrainError::InvalidConfig("rating_weight must be >= 0".into()));
+    }
+    let ratings_fit = examples.ratings.len() == histories.len()
+        && examples.ratings.iter().zip(histories).all(|(r, h)| r.len() == h.len() && r.iter().all(|v| v.is_finite()));
+    if !ratings_fit {
+        return Err(TrainError::InvalidConfig("examples need one finite rating per history item".into()));
+    }
+    // Each example's confidence; `None` when all are equal (the plain mean of the batch).
+    let confidence: Option<Vec<Vec<f32>>> = (cfg.rating_weight > 0.0).then(|| {
+        let a = cfg.rating_weight as f32;
+        examples.ratings.iter().map(|r| r.iter().map(|&v| 1.0 + a * v.max(0.0).ln_1p()).collect()).collect()
+    });
     let dims = dims_for(ds, cfg);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = TwoTower::<B> {
@@ -640,7 +681,9 @@ pub fn train<B: AutodiffBackend>(
             let hists: Vec<&[u32]> = contexts.iter().map(Vec::as_slice).collect();
             let targets: Vec<u32> = chunk.iter().map(|&(u, t)| histories[u as usize][t as usize]).collect();
             let negatives: Vec<u32> = (0..cfg.negatives).map(|_| rng.random_range(0..n_items)).collect();
-            let loss = batch_loss(&model, &users, &hists, &targets, &negatives, cfg, log_q.as_deref(), device);
+            let weights: Option<Vec<f32>> =
+                confidence.as_ref().map(|c| chunk.iter().map(|&(u, t)| c[u as usize][t as usize]).collect());
+            let loss = batch_loss(&model, Batch { users: &users, hists: &hists, targets: &targets, negatives: &negatives, weights: weights.as_deref() }, cfg, log_q.as_deref(), device);
             let value = loss.clone().into_scalar().to_f64();
             if !value.is_finite() {
                 return Err(TrainError::Diverged { epoch, loss: value });
@@ -694,27 +737,42 @@ fn sampling_log_q(histories: &[Vec<u32>], n_items: usize, batch: usize, negative
         .collect()
 }
 
+/// The logits a softmax reads from scores `z = u·v` under `link`. `ln softplus(z)` is computed
+/// where it is exact in f32: it equals `z` to 3e-5 below -10 and `ln z` above 20.
+pub fn link_logits<B: Backend, const D: usize>(z: Tensor<B, D>, link: Link) -> Tensor<B, D> {
+    match link {
+        Link::Exp => z,
+        Link::Softplus => {
+            let mid = activation::softplus(z.clone().clamp(-10.0, 20.0), 1.0).log();
+            let high = z.clone().clamp_min(20.0).log();
+            mid.mask_where(z.clone().lower_elem(-10.0), z.clone()).mask_where(z.clone().greater_elem(20.0), high)
+        }
+    }
+}
+
+/// One training step's examples.
+struct Batch<'a> {
+    users: &'a [u32],
+    hists: &'a [&'a [u32]],
+    targets: &'a [u32],
+    /// Uniform negatives shared by the batch.
+    negatives: &'a [u32],
+    /// Each example's confidence (`None`: all alike).
+    weights: Option<&'a [f32]>,
+}
+
 /// Softmax cross-entropy of each example's target against in-batch targets and shared
-/// negatives; any candidate equal to the example's own target (other than itself) is masked.
-/// With `log_q`, every candidate's logit is corrected by its sampling log-probability; with
+/// negatives, through `cfg.link`; any candidate equal to the example's own target (other than
+/// itself) is masked. With `log_q`, every candidate's logit is corrected by its sampling
+/// log-probability; with weights, the mean over examples is weighted by them; with
 /// `cfg.user_l2`, the mean squared norm of the user vectors is added.
-#[allow(clippy::too_many_arguments)]
-fn batch_loss<B: Backend>(
-    model: &TwoTower<B>,
-    users: &[u32],
-    hists: &[&[u32]],
-    targets: &[u32],
-    negatives: &[u32],
-    cfg: &TrainConfig,
-    log_q: Option<&[f32]>,
-    device: &B::Device,
-) -> Tensor<B, 1> {
-    let b = users.len();
-    let cands: Vec<u32> = targets.iter().chain(negatives).copied().collect();
+fn batch_loss<B: Backend>(model: &TwoTower<B>, x: Batch<'_>, cfg: &TrainConfig, log_q: Option<&[f32]>, device: &B::Device) -> Tensor<B, 1> {
+    let b = x.users.len();
+    let cands: Vec<u32> = x.targets.iter().chain(x.negatives).copied().collect();
     let c = cands.len();
     let mut mask = vec![0f32; b * c];
     let mut onehot = vec![0f32; b * c];
-    for (r, &t) in targets.iter().enumerate() {
+    for (r, &t) in x.targets.iter().enumerate() {
         onehot[r * c + r] = 1.0;
         for (j, &cand) in cands.iter().enumerate() {
             if cand == t && j != r {
@@ -722,16 +780,25 @@ fn batch_loss<B: Backend>(
             }
         }
     }
-    let batch = UserBatch::<B>::new(users, hists, cfg.history, device);
+    let batch = UserBatch::<B>::new(x.users, x.hists, cfg.history, device);
     let u = if cfg.personal { model.user_vectors(&batch) } else { model.shared_user_vectors(&batch) };
     let ids: Vec<i32> = cands.iter().map(|&i| i as i32).collect();
     let v = model.item_vectors_of(Tensor::from_data(TensorData::new(ids, [c]), device));
-    let mut logits = u.clone().matmul(v.transpose()) + Tensor::from_data(TensorData::new(mask, [b, c]), device);
+    let z = u.clone().matmul(v.transpose());
+    let mut logits = link_logits(z, cfg.link) + Tensor::from_data(TensorData::new(mask, [b, c]), device);
     if let Some(log_q) = log_q {
         let correction: Vec<f32> = cands.iter().map(|&i| -log_q[i as usize]).collect();
         logits = logits + Tensor::<B, 2>::from_data(TensorData::new(correction, [1, c]), device);
     }
-    let ce = burn::tensor::loss::cross_entropy_with_logits(logits, Tensor::from_data(TensorData::new(onehot, [b, c]), device));
+    let onehot = Tensor::<B, 2>::from_data(TensorData::new(onehot, [b, c]), device);
+    let ce = match x.weights {
+        None => burn::tensor::loss::cross_entropy_with_logits(logits, onehot),
+        Some(w) => {
+            let total: f32 = w.iter().sum();
+            let w = Tensor::<B, 2>::from_data(TensorData::new(w.to_vec(), [b, 1]), device);
+            (activation::log_softmax(logits, 1) * onehot).sum_dim(1).mul(w).sum().div_scalar(-total.max(f32::MIN_POSITIVE))
+        }
+    };
     if cfg.user_l2 > 0.0 { ce + u.powf_scalar(2.0).sum_dim(1).mean().mul_scalar(cfg.user_l2) } else { ce }
 }
 
@@ -799,17 +866,19 @@ mod tests {
         let split = leave_one_out(&ds).unwrap();
         let h = Examples::sequential(split.histories(ds.users.len()));
         let dev = Default::default();
-        let mut first = None;
-        let mut last = 0.0;
-        let a = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |p| {
-            if p.epoch == 0 && first.is_none() {
-                first = Some(p.loss);
-            }
-            last = p.loss;
-        }, None)
-        .unwrap()
-        .model;
-        assert!(last < first.unwrap() * 0.8, "loss {first:?} -> {last}");
+        for link in [Link::Exp, Link::Softplus] {
+            let mut first = None;
+            let mut last = 0.0;
+            train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 10, link, ..small() }, &dev, &mut |p| {
+                if p.epoch == 0 && first.is_none() {
+                    first = Some(p.loss);
+                }
+                last = p.loss;
+            }, None)
+            .unwrap();
+            assert!(last < first.unwrap() * 0.8, "{link:?}: loss {first:?} -> {last}");
+        }
+        let a = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |_| {}, None).unwrap().model;
         let b = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, ..small() }, &dev, &mut |_| {}, None).unwrap().model;
         assert_eq!(a.global.to_file(), b.global.to_file());
         let c = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { epochs: 6, seed: 7, ..small() }, &dev, &mut |_| {}, None).unwrap().model;
@@ -879,8 +948,73 @@ mod tests {
         let e = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { user_l2: f64::NAN, ..small() }, &Default::default(), &mut |_| {}, None)
             .unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("user_l2 must be >= 0".into()));
+        let e = train::<Autodiff<Cpu>>(&ds, &h, &TrainConfig { rating_weight: -1.0, ..small() }, &Default::default(), &mut |_| {}, None)
+            .unwrap_err();
+        assert_eq!(e, TrainError::InvalidConfig("rating_weight must be >= 0".into()));
+        let mut bad = h.clone();
+        bad.ratings[3].pop();
+        let e = train::<Autodiff<Cpu>>(&ds, &bad, &small(), &Default::default(), &mut |_| {}, None).unwrap_err();
+        assert_eq!(e, TrainError::InvalidConfig("examples need one finite rating per history item".into()));
+        bad.ratings[3] = vec![f32::NAN; h.histories[3].len()];
+        assert!(train::<Autodiff<Cpu>>(&ds, &bad, &small(), &Default::default(), &mut |_| {}, None).is_err());
         let e = train::<Autodiff<Cpu>>(&ds, &none, &small(), &Default::default(), &mut |_| {}, None).unwrap_err();
         assert_eq!(e, TrainError::InvalidConfig("0 histories for 40 users".into()));
+    }
+
+    #[test]
+    fn the_softplus_link_is_ln_softplus_increasing_and_finite_everywhere() {
+        let dev = Default::default();
+        let zs: Vec<f32> = vec![-1e4, -80.0, -30.0, -10.5, -10.0, -9.5, -3.0, -0.5, 0.0, 0.5, 3.0, 19.5, 20.0, 20.5, 60.0, 1e4];
+        let z = Tensor::<Autodiff<Cpu>, 1>::from_data(TensorData::new(zs.clone(), [zs.len()]), &dev).require_grad();
+        let out = link_logits(z.clone(), Link::Softplus);
+        let grads = out.clone().sum().backward();
+        let g: Vec<f32> = z.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        let y: Vec<f32> = out.inner().into_data().to_vec().unwrap();
+        for ((&z, &y), &g) in zs.iter().zip(&y).zip(&g) {
+            // ln softplus(z) in f64, and its derivative sigmoid(z) / softplus(z).
+            let zd = f64::from(z);
+            let sp = if zd > 30.0 { zd } else { zd.exp().ln_1p() };
+            let want = if zd < -700.0 { zd } else { sp.ln() };
+            let dwant = if zd < -30.0 { 1.0 } else { (1.0 / (1.0 + (-zd).exp())) / sp };
+            assert!(y.is_finite() && g.is_finite(), "z {z}: {y} / {g}");
+            assert!((f64::from(y) - want).abs() <= 1e-4 * want.abs().max(1.0), "z {z}: {y} against {want}");
+            assert!((f64::from(g) - dwant).abs() < 2e-3, "z {z}: slope {g} against {dwant}");
+        }
+        assert!(y.windows(2).all(|w| w[1] > w[0]), "increasing: {y:?}");
+        // The plain link is the identity.
+        let plain: Vec<f32> = link_logits(z.inner(), Link::Exp).into_data().to_vec().unwrap();
+        assert_eq!(plain, zs);
+    }
+
+    #[test]
+    fn ratings_weigh_their_examples() {
+        // Users of one cluster rate items 0-4 high and 5-9 low: with rating weights the model
+        // ranks the high-rated items above the others for a user of that cluster, without
+        // them it has no reason to.
+        let mut csv = String::from("user,item,rating,timestamp\n");
+        for u in 0..40 {
+            for t in 0..10 {
+                let r = if t < 5 { 50 } else { 1 };
+                csv += &format!("u{u},i{t},{r},{}\n", u * 100 + (t * 7) % 10);
+            }
+        }
+        let ds = Dataset::from_csv("rated.csv", csv.as_bytes(), None).unwrap();
+        let ex = Examples::from_interactions(&ds.interactions, ds.users.len(), Order::Unordered);
+        assert_eq!(ex.ratings[0].len(), 10);
+        let by_item: std::collections::HashMap<u32, f32> = ex.histories[0].iter().copied().zip(ex.ratings[0].iter().copied()).collect();
+        assert_eq!(by_item[&(ds.items.iter().position(|i| i.id == "i0").unwrap() as u32)], 50.0);
+        let dev = Default::default();
+        let mass_on_high = |rating_weight: f64| {
+            let cfg = TrainConfig { rating_weight, epochs: 20, ..small() };
+            let m = train::<Autodiff<Cpu>>(&ds, &ex, &cfg, &dev, &mut |_| {}, None).unwrap().model;
+            let batch = UserBatch::new(&[0], &[&ex.histories[0][..3]], cfg.history, &dev);
+            let s: Vec<f32> = m.user_vectors(&batch).matmul(m.item_vectors().transpose()).into_data().to_vec().unwrap();
+            let high: f32 = ds.items.iter().zip(&s).filter(|(i, _)| i.id.as_str() < "i5").map(|(_, v)| v).sum();
+            let low: f32 = ds.items.iter().zip(&s).filter(|(i, _)| i.id.as_str() >= "i5").map(|(_, v)| v).sum();
+            (high - low) / 5.0
+        };
+        let (weighted, plain) = (mass_on_high(3.0), mass_on_high(0.0));
+        assert!(weighted > plain + 0.1, "mean score gap high - low: weighted {weighted}, plain {plain}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! The user tower gives a starting vector `u0` from the history; fine-tuning learns `u` so the
 //! person's positive items outscore others (softmax cross-entropy of each positive against one
-//! fixed sample of negatives, so the loss is comparable from step to step; Adam), with an L2 pull towards `u0` so a few items cannot drag it
+//! fixed sample of negatives, so the loss is comparable from step to step, through the link the
+//! model was trained with; Adam), with an L2 pull towards `u0` so a few items cannot drag it
 //! anywhere. The item vectors are the served catalog's int8 rows, dequantized: exactly what
 //! scoring uses. The result is stored as an offset `u - u0` (see
 //! [`crate::history::Tuning`]) that is added to the tower's output from then on.
@@ -16,6 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::artifact::Link;
 use crate::quant::CatalogView;
 
 /// Fine-tuning settings.
@@ -31,11 +33,13 @@ pub struct TuneConfig {
     pub pull: f32,
     /// Seed for negative sampling.
     pub seed: u64,
+    /// The link the model was trained with ([`crate::artifact::ModelManifest::link`]).
+    pub link: Link,
 }
 
 impl Default for TuneConfig {
     fn default() -> Self {
-        TuneConfig { steps: 40, lr: 0.05, negatives: 512, pull: 0.05, seed: 0 }
+        TuneConfig { steps: 40, lr: 0.05, negatives: 512, pull: 0.05, seed: 0, link: Link::Softplus }
     }
 }
 
@@ -121,7 +125,7 @@ pub async fn fine_tune<B: AutodiffBackend>(
         let u = model.u.val();
         let sp = positives_t.clone().mul(u.clone().expand([p, d])).sum_dim(1); // [p, 1]
         let sn = u.clone().matmul(neg.clone()).expand([p, m]); // [p, m]
-        let logits = Tensor::cat(vec![sp, sn], 1);
+        let logits = crate::model::link_logits(Tensor::cat(vec![sp, sn], 1), cfg.link);
         let ce = burn::tensor::loss::cross_entropy_with_logits(logits, targets.clone());
         let pull = (u - anchor.clone()).powi_scalar(2).sum().mul_scalar(cfg.pull);
         let loss = ce + pull;
@@ -169,6 +173,12 @@ mod tests {
         let start: Vec<f32> = crate::score::gaussian(2, d).iter().map(|v| v * 0.3).collect();
         let positives = [3, 50, 99, 400];
         let dev = Default::default();
+        // Both links learn; the plain one is what models trained before links were.
+        for link in [Link::Softplus, Link::Exp] {
+            let cfg = TuneConfig { link, ..TuneConfig::default() };
+            let t = block_on(fine_tune::<B>(shard.view(), &start, &positives, &cfg, &dev)).unwrap();
+            assert!(t.losses[39] < 0.95 * t.losses[0], "{link:?}: {:?}", t.losses);
+        }
         let t = block_on(fine_tune::<B>(shard.view(), &start, &positives, &TuneConfig::default(), &dev)).unwrap();
         assert_eq!(t.losses.len(), 40);
         assert!(t.losses.windows(2).all(|w| w[1] <= w[0] + 1e-4), "the loss falls at every step: {:?}", t.losses);

@@ -11,6 +11,7 @@ mod js {
     use burn::backend::wgpu::graphics::WebGpu;
     use burn::backend::wgpu::{WgpuDevice, init_setup_async};
     use burn::backend::{Autodiff, NdArray, Wgpu};
+    use hearth_core::artifact::Link;
     use hearth_core::quant::CatalogShard;
     use hearth_core::tune::{TuneConfig, Tuned, fine_tune};
     use wasm_bindgen::prelude::*;
@@ -18,7 +19,7 @@ mod js {
     #[wasm_bindgen(typescript_custom_section)]
     const TS: &'static str = r#"
 /** Options of `fineTune`. */
-export interface TuneOptions { backend: "webgpu" | "cpu"; steps?: number; seed?: number; }
+export interface TuneOptions { backend: "webgpu" | "cpu"; steps?: number; seed?: number; /** The model's link (`trainingInput().link`); default "softplus". */ link?: "exp" | "softplus"; }
 /** What `fineTune` returns. */
 export interface TuneResult { backend: "webgpu" | "cpu"; vector: number[]; losses: number[]; ms: number; }
 "#;
@@ -32,6 +33,7 @@ export interface TuneResult { backend: "webgpu" | "cpu"; vector: number[]; losse
         backend: String,
         steps: Option<usize>,
         seed: Option<u32>,
+        link: Option<String>,
     }
 
     #[wasm_bindgen]
@@ -63,7 +65,11 @@ export interface TuneResult { backend: "webgpu" | "cpu"; vector: number[]; losse
         report_panics();
         let opts: Options = serde_wasm_bindgen::from_value(opts).map_err(err)?;
         let shard = CatalogShard::decode(&shard).map_err(err)?;
-        let cfg = TuneConfig { steps: opts.steps.unwrap_or(TuneConfig::default().steps).clamp(1, 1000), seed: u64::from(opts.seed.unwrap_or(0)), ..TuneConfig::default() };
+        let link = match opts.link.as_deref() {
+            None => TuneConfig::default().link,
+            Some(name) => Link::from_name(name).ok_or_else(|| err(format!("unknown link {name:?} (softplus or exp)")))?,
+        };
+        let cfg = TuneConfig { steps: opts.steps.unwrap_or(TuneConfig::default().steps).clamp(1, 1000), seed: u64::from(opts.seed.unwrap_or(0)), link, ..TuneConfig::default() };
         let t0 = js_sys::Date::now();
         let tuned: Tuned = match opts.backend.as_str() {
             "webgpu" => {

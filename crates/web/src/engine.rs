@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
+use hearth_core::artifact::Link;
 use hearth_core::bundle::{BundleError, Catalog, ModelBundle, PersonInput, SERVED_ARCHITECTURE};
 use hearth_core::history::{History, HistoryError, ItemSignal, KIND_NAMES, Kind, Tuning};
 use hearth_core::quant::{CatalogShard, CatalogView};
@@ -184,6 +185,8 @@ pub struct TrainingInput {
     pub start: Vec<f32>,
     /// Catalog indices of the positive items.
     pub positives: Vec<u32>,
+    /// The link the model was trained with: fine-tuning must use the same.
+    pub link: Link,
 }
 
 /// A recommendation in progress: see [`Engine::query`].
@@ -227,6 +230,7 @@ pub struct Model {
     /// The manifest's verdict on the model (lean on popular lists when it is below 1).
     personal_trust: f32,
     model_version: u32,
+    link: Link,
 }
 
 impl Model {
@@ -254,6 +258,7 @@ impl Model {
             return Err(WebError::Shard("it does not hold this model's catalog".into()));
         }
         let tower = UserTower::from_bundle(&bundle)?;
+        let link = bundle.manifest.link().map_err(WebError::Model)?;
         let catalog = bundle.catalog;
         Ok(Model {
             index: catalog.items.iter().enumerate().map(|(i, it)| (it.id.clone(), i as u32)).collect(),
@@ -265,6 +270,7 @@ impl Model {
             calibration: bundle.manifest.calibration.unwrap_or_default(),
             personal_trust: bundle.manifest.personal_trust(),
             model_version: bundle.manifest.model_version,
+            link,
         })
     }
 
@@ -401,7 +407,7 @@ impl Engine {
         if input.history.is_empty() {
             return None;
         }
-        Some(TrainingInput { start: self.model.tower.person_vector(&input), positives: input.history })
+        Some(TrainingInput { start: self.model.tower.person_vector(&input), positives: input.history, link: self.model.link })
     }
 
     /// Stores the worker's result: from now on `tuned - start` is added to the tower's vector.
@@ -664,6 +670,7 @@ mod tests {
             e.record(item, "like", None, 1, None).unwrap();
         }
         let input = e.training_input().unwrap();
+        assert_eq!(input.link, Link::Softplus, "fine-tuning uses the link the committed model was trained with");
         assert_eq!(input.positives.len(), 3);
         let opts = RecommendOptions { explore: Some(0.0), ..Default::default() };
         let plain = e.recommend(&opts).unwrap();
@@ -706,6 +713,20 @@ mod tests {
         let mut broken = files();
         broken.global[100] ^= 1;
         assert_eq!(open(&broken, None, Secret::DeviceKey([1; 32])).err().map(|e| e.code()), Some("model"));
+        // A link this build does not know: fine-tuning could not match training, so the model is refused.
+        let mut unknown = files();
+        let mut m: serde_json::Value = serde_json::from_slice(&unknown.manifest).unwrap();
+        m["hyper"]["link"] = "cubic".into();
+        unknown.manifest = serde_json::to_vec(&m).unwrap();
+        let err = open(&unknown, None, Secret::DeviceKey([1; 32])).err().unwrap();
+        assert_eq!(err.code(), "model", "{err}");
+        assert!(err.to_string().contains("unknown link"), "{err}");
+        // Models trained before links record none: the plain softmax.
+        m["hyper"].as_object_mut().unwrap().remove("link");
+        unknown.manifest = serde_json::to_vec(&m).unwrap();
+        let mut old = open(&unknown, None, Secret::DeviceKey([1; 32])).unwrap();
+        old.record("1", "like", None, 1, None).unwrap();
+        assert_eq!(old.training_input().unwrap().link, Link::Exp);
 
         let mut e = open(&f, None, Secret::Passphrase("correct horse battery")).unwrap();
         e.record("1", "like", None, 1, None).unwrap();

@@ -67,7 +67,7 @@ export interface Capabilities { modelVersion: number; items: number; dim: number
 /** The stored fine-tuning: how many positives it learned from and the size of its offset. */
 export interface TunedInfo { positives: number; norm: number; }
 /** What the training worker fine-tunes. */
-export interface TrainingInput { start: Float32Array; positives: Uint32Array; }
+export interface TrainingInput { start: Float32Array; positives: Uint32Array; /** The link the model was trained with: pass it to `fineTune`. */ link: "exp" | "softplus"; }
 /** The WebGPU adapter the catalog scorer runs on. */
 export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | "unpacked"; }
 "#;
@@ -346,6 +346,7 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
                     let out = js_sys::Object::new();
                     let _ = js_sys::Reflect::set(&out, &"start".into(), &js_sys::Float32Array::from(&t.start[..]));
                     let _ = js_sys::Reflect::set(&out, &"positives".into(), &js_sys::Uint32Array::from(&t.positives[..]));
+                    let _ = js_sys::Reflect::set(&out, &"link".into(), &t.link.name().into());
                     out.into()
                 }
                 None => JsValue::NULL,
