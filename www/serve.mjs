@@ -1,6 +1,6 @@
 // Serves the hearth demo on 127.0.0.1: the page (www/), the browser package built by
-// .ci/build-web.sh, and the model files a device needs (never personal.bin: those are the
-// training users' own vectors).
+// .ci/build-web.sh, and the model files a device needs (`hearth_core::bundle::SERVED`; never
+// personal.bin or users.json: the training users' own vectors and tags).
 //
 //   node www/serve.mjs [--port 8080] [--pkg DIR] [--model DIR]
 //
@@ -25,6 +25,10 @@ const TYPES = {
   ".svg": "image/svg+xml",
   ".webmanifest": "application/manifest+json",
 };
+// What the page may load and run: its own files only (wasm compiled from them), nothing inline,
+// no plugins, no framing. The same policy is in index.html's <meta> for hosts that send no headers.
+export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; " +
+  "img-src 'self' data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 const PAGE = new Set(["index.html", "app.js", "storage.js", "sw.js", "train-worker.js", "style.css", "icon.svg"]);
 const MODEL = new Set(["manifest.json", "global.bin", "catalog.json", "items.shard"]);
 const PKG = new Set(["hearth_web.js", "hearth_web_bg.wasm", "hearth_train.js", "hearth_train_bg.wasm"]);
@@ -34,8 +38,15 @@ export function start({ port = 8080, pkg, model, log = false } = {}) {
   const pkgDir = pkg || join(target, "web/pkg");
   const modelDir = model || join(root, "models/ml100k");
   const server = createServer(async (req, res) => {
-    const url = new URL(req.url, "http://127.0.0.1");
-    const path = decodeURIComponent(url.pathname);
+    res.setHeader("content-security-policy", CSP);
+    res.setHeader("x-content-type-options", "nosniff");
+    let path;
+    try {
+      path = decodeURIComponent(new URL(req.url, "http://127.0.0.1").pathname);
+    } catch {
+      res.writeHead(400, { "content-type": "text/plain" }).end("malformed URL");
+      return;
+    }
     let file = null;
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405, { allow: "GET, HEAD" }).end();
@@ -58,7 +69,6 @@ export function start({ port = 8080, pkg, model, log = false } = {}) {
         "content-length": body.length,
         "cache-control": "no-cache",
         "last-modified": s.mtime.toUTCString(),
-        "x-content-type-options": "nosniff",
       });
       res.end(req.method === "HEAD" ? undefined : body);
     } catch {

@@ -275,6 +275,7 @@ impl Run<'_> {
             }),
             model.global.to_file(),
             Some(model.personal.to_file()),
+            ds.users.clone(),
             Catalog::of(ds),
         );
         bundle.manifest.selection = Some(selection.clone());
@@ -311,7 +312,7 @@ pub fn fit_calibration(bundle: &ModelBundle, ds: &Dataset, split: &Split, seed: 
     use hearth_core::bundle::PersonInput;
     use hearth_core::rank::Calibration;
     use hearth_core::tower::UserTower;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let tower = UserTower::from_bundle(bundle)?;
     let shard = bundle.catalog_shard::<burn::backend::Flex>(&Default::default())?;
     let view = shard.view();
@@ -328,12 +329,8 @@ pub fn fit_calibration(bundle: &ModelBundle, ds: &Dataset, split: &Split, seed: 
         let u = h.user as usize;
         let user = tower.person_vector(&PersonInput { history: histories[u].clone(), tags: ages[u].clone() });
         let seen: std::collections::HashSet<u32> = histories[u].iter().copied().collect();
-        let neg = loop {
-            let i = rng.random_range(0..ds.items.len() as u32);
-            if i != h.item && !seen.contains(&i) {
-                break i;
-            }
-        };
+        // A user who touched every other item has no negative to compare with: left out.
+        let Some(neg) = random_unseen(&mut rng, ds.items.len() as u32, h.item, &seen) else { continue };
         let side = if u.is_multiple_of(2) { &mut fit } else { &mut check };
         side.0.push(score(&user, h.item));
         side.1.push(score(&user, neg));
@@ -410,6 +407,20 @@ pub fn write_split(ds: &Dataset, test: Option<&Path>, seed: u64, dir: &Path) -> 
         write_atomic(dir, name, text.as_bytes())?;
     }
     Ok((valid.train.len(), valid.test.len(), split.test.len()))
+}
+
+/// A random item that is neither `held` nor in `seen`, or `None` when there is none: a few
+/// draws, then one scan from a random start, so it ends however full `seen` is.
+fn random_unseen(rng: &mut impl rand::Rng, n_items: u32, held: u32, seen: &std::collections::HashSet<u32>) -> Option<u32> {
+    let eligible = |i: u32| i != held && !seen.contains(&i);
+    if n_items == 0 {
+        return None;
+    }
+    if let Some(i) = (0..32).map(|_| rng.random_range(0..n_items)).find(|&i| eligible(i)) {
+        return Some(i);
+    }
+    let start = rng.random_range(0..n_items);
+    (0..n_items).map(|k| (start + k) % n_items).find(|&i| eligible(i))
 }
 
 /// Writes a model directory. Each file goes to a temporary name, is synced, then renamed; the

@@ -69,6 +69,36 @@ fn bad_inputs_get_clear_errors() {
 }
 
 #[test]
+fn a_dataset_where_everyone_touched_every_item_ends_with_a_clear_answer() {
+    // Two items, both touched by everyone: no user has a negative to sample. Calibration used
+    // to loop forever here; now every step ends, and the answer is a result or a clear error.
+    let dir = scratch("full");
+    let csv = dir.join("full.csv");
+    std::fs::write(&csv, "user,item\na,x\na,y\nb,x\nb,y\nc,x\nc,y\n").unwrap();
+    let out = dir.join("m");
+    let mut child = bin()
+        .args(["train", "--data", csv.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("train did not end in 120 s on a dataset without negatives");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let Output { status, stderr, .. } = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    if !status.success() {
+        assert!(err.contains("error"), "a failure says why: {err}");
+    }
+}
+
+#[test]
 fn csv_dataset_trains_evaluates_and_refuses_other_models() {
     let dir = scratch("csv");
     let csv = synthetic_csv(&dir);

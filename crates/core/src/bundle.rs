@@ -1,4 +1,6 @@
-//! A model directory as bytes: `manifest.json`, `global.bin`, `personal.bin` and `catalog.json`.
+//! A model directory as bytes: `manifest.json`, `global.bin`, `catalog.json` (what a device
+//! needs, with `items.shard`), and the training-only `personal.bin` and `users.json` (the
+//! training users' personal vectors and their tags: never served to a device, see [`SERVED`]).
 //! Sans-IO: [`ModelBundle::to_files`] returns (name, bytes) pairs to write, and
 //! [`ModelBundle::from_files`] takes a lookup that returns a file's bytes. Loading verifies the
 //! format, version, architecture, checksums and every tensor's shape, and fails with a
@@ -20,12 +22,18 @@ pub const SERVED_ARCHITECTURE: &str = "two-tower-v1";
 pub const MANIFEST: &str = "manifest.json";
 /// Global parameters.
 pub const GLOBAL: &str = "global.bin";
-/// Personal parameters of the training users.
+/// Personal parameters of the training users (training and evaluation only).
 pub const PERSONAL: &str = "personal.bin";
+/// The training users and their tags, by personal-table row (training and evaluation only).
+pub const USERS: &str = "users.json";
 /// Item and user vocabularies.
 pub const CATALOG: &str = "catalog.json";
 /// The int8 item embeddings ([`crate::quant::CatalogShard`]), written beside the model.
 pub const SHARD: &str = "items.shard";
+/// The files of a model directory a device may fetch and a server may serve: items, item tags,
+/// popularity and the model, nothing about training users ([`PERSONAL`] and [`USERS`] are not
+/// here).
+pub const SERVED: [&str; 4] = [MANIFEST, GLOBAL, CATALOG, SHARD];
 
 /// Why a model directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +93,9 @@ pub enum BundleError {
     },
 }
 
-/// Items, users and tag names, as the model indexes them.
+/// Items and tag names, as the model indexes them: what a device gets. Training users are not
+/// here (see [`ModelBundle::users`]); a catalog written before they moved out still reads (its
+/// `users` are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Item tag names.
@@ -94,8 +104,6 @@ pub struct Catalog {
     pub user_tags: Vec<String>,
     /// Items by model index.
     pub items: Vec<Item>,
-    /// Users by personal-table row.
-    pub users: Vec<User>,
     /// Interactions per item in the data the model was made from, by model index (the popular
     /// list new people see); empty in models written before it was recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -109,7 +117,6 @@ impl Catalog {
             item_tags: ds.item_tags.clone(),
             user_tags: ds.user_tags.clone(),
             items: ds.items.clone(),
-            users: ds.users.clone(),
             popularity: ds.item_counts(&ds.interactions),
         }
     }
@@ -162,10 +169,19 @@ pub struct ModelBundle {
     pub manifest: ModelManifest,
     /// Global parameters.
     pub global: TensorFile,
-    /// Personal parameters of the training users, if shipped.
+    /// Personal parameters of the training users, if read (never on a device).
     pub personal: Option<TensorFile>,
-    /// Vocabularies.
+    /// The training users (id and tags) by personal-table row, if read (`users.json`; never
+    /// on a device).
+    pub users: Vec<User>,
+    /// Items and vocabularies.
     pub catalog: Catalog,
+}
+
+/// `users.json`: the training users by personal-table row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrainingUsers {
+    users: Vec<User>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -189,6 +205,7 @@ impl ModelBundle {
         metrics: Option<ManifestMetrics>,
         global: TensorFile,
         personal: Option<TensorFile>,
+        users: Vec<User>,
         catalog: Catalog,
     ) -> ModelBundle {
         ModelBundle {
@@ -207,6 +224,7 @@ impl ModelBundle {
             },
             global,
             personal,
+            users,
             catalog,
         }
     }
@@ -216,6 +234,9 @@ impl ModelBundle {
         let mut files: Vec<(&'static str, Vec<u8>)> = vec![(GLOBAL, self.global.encode())];
         if let Some(p) = &self.personal {
             files.push((PERSONAL, p.encode()));
+        }
+        if !self.users.is_empty() {
+            files.push((USERS, serde_json::to_vec(&TrainingUsers { users: self.users.clone() }).unwrap_or_default()));
         }
         let catalog = serde_json::to_vec(&self.catalog).unwrap_or_default();
         files.push((CATALOG, catalog));
@@ -269,6 +290,10 @@ impl ModelBundle {
         let catalog_bytes = load(CATALOG, false)?.ok_or_else(|| BundleError::MissingFile(CATALOG.into()))?;
         let catalog: Catalog =
             serde_json::from_slice(&catalog_bytes).map_err(|e| BundleError::Catalog(e.to_string()))?;
+        let users = match load(USERS, true)? {
+            Some(b) => serde_json::from_slice::<TrainingUsers>(&b).map_err(|e| BundleError::Catalog(format!("{USERS}: {e}")))?.users,
+            None => Vec::new(),
+        };
 
         let d = &manifest.dims;
         if d.items == 0 || d.dim == 0 || d.hidden == 0 || d.history == 0 {
@@ -285,19 +310,15 @@ impl ModelBundle {
                 d.user_tags
             )));
         }
-        if personal.is_some() && catalog.users.len() != d.users {
-            return Err(BundleError::Catalog(format!(
-                "{} users, but the manifest says {}",
-                catalog.users.len(),
-                d.users
-            )));
+        if (personal.is_some() || !users.is_empty()) && users.len() != d.users {
+            return Err(BundleError::Catalog(format!("{USERS}: {} users, but the manifest says {}", users.len(), d.users)));
         }
         let bad_item_tag = catalog.items.iter().flat_map(|i| &i.tags).any(|&t| t as usize >= d.item_tags);
-        let bad_user_tag = catalog.users.iter().flat_map(|u| &u.tags).any(|&t| t as usize >= d.user_tags);
+        let bad_user_tag = users.iter().flat_map(|u| &u.tags).any(|&t| t as usize >= d.user_tags);
         if bad_item_tag || bad_user_tag {
             return Err(BundleError::Catalog("a tag index is out of range".into()));
         }
-        Ok(ModelBundle { manifest, global, personal, catalog })
+        Ok(ModelBundle { manifest, global, personal, users, catalog })
     }
 
     /// Fails unless `ds` is the dataset the model was trained on.
@@ -335,10 +356,10 @@ mod burn_glue {
             let personal = match &self.personal {
                 Some(p) => PersonalTable::from_file(d.users, d.dim, p, device)
                     .map_err(|source| BundleError::Tensor { file: PERSONAL.into(), source })?,
-                None => PersonalTable::zeros(self.catalog.users.len(), d.dim, device),
+                None => PersonalTable::zeros(self.users.len(), d.dim, device),
             };
             let items: Vec<&[u32]> = self.catalog.items.iter().map(|i| i.tags.as_slice()).collect();
-            let users: Vec<&[u32]> = self.catalog.users.iter().map(|u| u.tags.as_slice()).collect();
+            let users: Vec<&[u32]> = self.users.iter().map(|u| u.tags.as_slice()).collect();
             let features = Features::new(&items, d.item_tags, &users, d.user_tags, device);
             Ok(TwoTower { global, personal, features })
         }
@@ -378,7 +399,7 @@ mod tests {
             interactions: 2,
             split: "leave-one-out".into(),
         };
-        ModelBundle::new("arch-a", 1, dims, info, serde_json::json!({}), None, g, None, Catalog::of(&ds))
+        ModelBundle::new("arch-a", 1, dims, info, serde_json::json!({}), None, g, None, ds.users.clone(), Catalog::of(&ds))
     }
 
     fn files(b: &ModelBundle) -> BTreeMap<String, Vec<u8>> {
@@ -413,6 +434,35 @@ mod tests {
         let mut g = f.clone();
         g.insert(MANIFEST.into(), b"not json".to_vec());
         assert!(matches!(load(&g, "arch-a"), Err(BundleError::BadManifest(_))));
+    }
+
+    #[test]
+    fn training_users_live_outside_what_a_device_gets() {
+        let f = files(&bundle());
+        let b = load(&f, "arch-a").unwrap();
+        assert_eq!(b.users.len(), 1);
+        assert_eq!(b.users[0].id, "u");
+        // The catalog a device reads names no training user.
+        let catalog: serde_json::Value = serde_json::from_slice(&f[CATALOG]).unwrap();
+        let mut keys: Vec<&str> = catalog.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["item_tags", "items", "popularity", "user_tags"]);
+        assert!(f.contains_key(USERS) && !SERVED.contains(&USERS) && !SERVED.contains(&PERSONAL));
+        // A device reads only the served files: it gets no users, and that is not an error.
+        let device = load(&f.iter().filter(|(n, _)| SERVED.contains(&n.as_str())).map(|(n, b)| (n.clone(), b.clone())).collect(), "arch-a").unwrap();
+        assert!(device.users.is_empty() && device.personal.is_none());
+        // users.json is checked like every file: its digest, and its count against the manifest.
+        let mut g = f.clone();
+        g.get_mut(USERS).unwrap()[3] ^= 1;
+        assert!(matches!(load(&g, "arch-a"), Err(BundleError::Checksum(n)) if n == USERS));
+        let mut two = bundle();
+        two.users.push(two.users[0].clone());
+        assert!(matches!(load(&files(&two), "arch-a"), Err(BundleError::Catalog(m)) if m.contains("2 users, but the manifest says 1")));
+        // A catalog written when it still held the users reads, without them.
+        let mut old = catalog.clone();
+        old["users"] = serde_json::json!([{"id": "u", "tags": []}]);
+        let old: Catalog = serde_json::from_value(old).unwrap();
+        assert_eq!(old, b.catalog);
     }
 
     #[test]
