@@ -433,11 +433,10 @@ pub fn write_model_dir(dir: &Path, bundle: &ModelBundle) -> Result<()> {
     Ok(())
 }
 
-/// Writes the model's int8 catalog shard (`items.shard`) into its directory, atomically.
-pub fn write_shard(dir: &Path, bundle: &ModelBundle) -> Result<hearth_core::quant::CatalogShard> {
-    let shard = bundle.catalog_shard::<burn::backend::Flex>(&Default::default())?;
-    write_atomic(dir, hearth_core::bundle::SHARD, &shard.encode())?;
-    Ok(shard)
+/// Quantizes the model's item vectors into its int8 catalog shard (`items.shard`) and keeps it in
+/// the bundle, so [`write_model_dir`] writes it with its digest in the manifest.
+pub fn attach_shard(bundle: &mut ModelBundle) -> Result<hearth_core::quant::CatalogShard> {
+    Ok(bundle.attach_shard::<burn::backend::Flex>(&Default::default())?)
 }
 
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {

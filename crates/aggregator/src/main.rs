@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use hearth_aggregator::{
     Backend, evaluate_dir, fit_calibration, load_dataset, make_split, read_model_dir, report_json, report_table, train_model,
-    write_model_dir, write_shard,
+    write_model_dir, attach_shard,
 };
 use hearth_core::model::{Link, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -269,15 +269,17 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("WARNING: will lean on popular lists when they rank with it. Check the data before publishing.");
                 eprintln!();
             }
-            write_model_dir(&out, &trained.bundle)?;
-            write_shard(&out, &trained.bundle)?;
+            let mut bundle = trained.bundle;
+            attach_shard(&mut bundle)?;
+            write_model_dir(&out, &bundle)?;
             eprintln!("trained in {:.1} s (epoch {} of {} chosen); wrote {}", trained.train_seconds, sel.best_epoch, sel.curve.len(), out.display());
             eprintln!("test split, scored once:");
             print!("{}", report_table(&trained.report));
         }
         Command::Shard { model } => {
-            let bundle = read_model_dir(&model)?;
-            let shard = write_shard(&model, &bundle)?;
+            let mut bundle = read_model_dir(&model)?;
+            let shard = attach_shard(&mut bundle)?;
+            write_model_dir(&model, &bundle)?;
             eprintln!(
                 "wrote {}: {} items x {} dims, model version {}",
                 model.join(hearth_core::bundle::SHARD).display(),

@@ -176,6 +176,9 @@ pub struct ModelBundle {
     pub users: Vec<User>,
     /// Items and vocabularies.
     pub catalog: Catalog,
+    /// The encoded int8 catalog shard (`items.shard`), if read or attached: written with the
+    /// other files, so the manifest holds its SHA-256 and a stale shard is refused.
+    pub shard: Option<Vec<u8>>,
 }
 
 /// `users.json`: the training users by personal-table row.
@@ -226,6 +229,7 @@ impl ModelBundle {
             personal,
             users,
             catalog,
+            shard: None,
         }
     }
 
@@ -240,6 +244,9 @@ impl ModelBundle {
         }
         let catalog = serde_json::to_vec(&self.catalog).unwrap_or_default();
         files.push((CATALOG, catalog));
+        if let Some(shard) = &self.shard {
+            files.push((SHARD, shard.clone()));
+        }
         let mut manifest = self.manifest.clone();
         manifest.files = files.iter().map(|(n, b)| (n.to_string(), sha256_hex(b))).collect();
         let mut m = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
@@ -290,6 +297,9 @@ impl ModelBundle {
         let catalog_bytes = load(CATALOG, false)?.ok_or_else(|| BundleError::MissingFile(CATALOG.into()))?;
         let catalog: Catalog =
             serde_json::from_slice(&catalog_bytes).map_err(|e| BundleError::Catalog(e.to_string()))?;
+        // The shard's own format is checked by its reader (`CatalogShard::decode`); here, that it
+        // is the one the manifest names.
+        let shard = load(SHARD, true)?;
         let users = match load(USERS, true)? {
             Some(b) => serde_json::from_slice::<TrainingUsers>(&b).map_err(|e| BundleError::Catalog(format!("{USERS}: {e}")))?.users,
             None => Vec::new(),
@@ -318,7 +328,17 @@ impl ModelBundle {
         if bad_item_tag || bad_user_tag {
             return Err(BundleError::Catalog("a tag index is out of range".into()));
         }
-        Ok(ModelBundle { manifest, global, personal, users, catalog })
+        Ok(ModelBundle { manifest, global, personal, users, catalog, shard })
+    }
+
+    /// Fails unless `shard` (a device's copy of `items.shard`) is the shard this manifest names:
+    /// a stale shard of an earlier training, or a replaced one, is refused. Manifests written
+    /// before the shard had a digest accept any (the shard's version and ids are checked apart).
+    pub fn check_shard(&self, shard: &[u8]) -> Result<(), BundleError> {
+        match self.manifest.files.get(SHARD) {
+            Some(want) if &sha256_hex(shard) != want => Err(BundleError::Checksum(SHARD.into())),
+            _ => Ok(()),
+        }
     }
 
     /// Fails unless `ds` is the dataset the model was trained on.
@@ -362,6 +382,14 @@ mod burn_glue {
             let users: Vec<&[u32]> = self.users.iter().map(|u| u.tags.as_slice()).collect();
             let features = Features::new(&items, d.item_tags, &users, d.user_tags, device);
             Ok(TwoTower { global, personal, features })
+        }
+
+        /// Quantizes the item vectors ([`ModelBundle::catalog_shard`]) and keeps the encoded
+        /// shard in the bundle, so [`ModelBundle::to_files`] writes it and its digest.
+        pub fn attach_shard<B: Backend>(&mut self, device: &B::Device) -> Result<CatalogShard, BundleError> {
+            let shard = self.catalog_shard::<B>(device)?;
+            self.shard = Some(shard.encode());
+            Ok(shard)
         }
 
         /// The model's item vectors quantized into a [`CatalogShard`] (ids from the catalog,
@@ -458,6 +486,19 @@ mod tests {
         let mut two = bundle();
         two.users.push(two.users[0].clone());
         assert!(matches!(load(&files(&two), "arch-a"), Err(BundleError::Catalog(m)) if m.contains("2 users, but the manifest says 1")));
+        // A shard travels with its digest: the same bytes pass, others are refused.
+        let mut with_shard = bundle();
+        with_shard.shard = Some(b"shard v1".to_vec());
+        let f2 = files(&with_shard);
+        let b2 = load(&f2, "arch-a").unwrap();
+        assert_eq!(b2.shard.as_deref(), Some(&b"shard v1"[..]));
+        b2.check_shard(b"shard v1").unwrap();
+        assert!(matches!(b2.check_shard(b"shard v0"), Err(BundleError::Checksum(n)) if n == SHARD));
+        let mut g = f2.clone();
+        g.insert(SHARD.into(), b"shard v0".to_vec());
+        assert!(matches!(load(&g, "arch-a"), Err(BundleError::Checksum(n)) if n == SHARD));
+        // Without a recorded digest (older manifests) any shard passes this check.
+        b.check_shard(b"anything").unwrap();
         // A catalog written when it still held the users reads, without them.
         let mut old = catalog.clone();
         old["users"] = serde_json::json!([{"id": "u", "tags": []}]);

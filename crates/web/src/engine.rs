@@ -257,6 +257,7 @@ impl Model {
         if !ids_match {
             return Err(WebError::Shard("it does not hold this model's catalog".into()));
         }
+        bundle.check_shard(files.shard).map_err(|_| WebError::Shard("it is not the catalog this model was published with (stale or replaced)".into()))?;
         let tower = UserTower::from_bundle(&bundle)?;
         let link = bundle.manifest.link().map_err(WebError::Model)?;
         let catalog = bundle.catalog;
@@ -710,6 +711,17 @@ mod tests {
         shard = CatalogShard::from_parts("2", shard.ids().to_vec(), shard.dim(), v.scales().to_vec(), v.rows().to_vec()).unwrap();
         other.shard = shard.encode();
         assert_eq!(open(&other, None, Secret::DeviceKey([1; 32])).err().map(|e| e.code()), Some("model-version"));
+        // A shard of the same version and items but other vectors (a stale training's): its
+        // digest is not the manifest's.
+        let mut stale = files();
+        let shard = CatalogShard::decode(&stale.shard).unwrap();
+        let v = shard.view();
+        let mut rows = v.rows().to_vec();
+        rows[0] = if rows[0] == 0 { 1 } else { 0 };
+        stale.shard = CatalogShard::from_parts(shard.model_version(), shard.ids().to_vec(), shard.dim(), v.scales().to_vec(), rows).unwrap().encode();
+        let err = open(&stale, None, Secret::DeviceKey([1; 32])).err().unwrap();
+        assert_eq!(err.code(), "shard", "{err}");
+        assert!(err.to_string().contains("stale or replaced"), "{err}");
         let mut broken = files();
         broken.global[100] ^= 1;
         assert_eq!(open(&broken, None, Secret::DeviceKey([1; 32])).err().map(|e| e.code()), Some("model"));
