@@ -153,12 +153,8 @@ struct Hyper {
     rating_weight: f64,
     /// How scores become the softmax's logits: `softplus` (p ∝ softplus(u·v)) or `exp` (the plain
     /// softmax).
-    #[arg(long, default_value = TrainConfig::default().link.name(), value_parser = parse_link)]
+    #[arg(long, default_value = TrainConfig::default().link.name(), value_parser = str::parse::<Link>)]
     link: Link,
-}
-
-fn parse_link(s: &str) -> Result<Link, String> {
-    Link::from_name(s).ok_or_else(|| format!("unknown link {s:?} (softplus or exp)"))
 }
 
 impl Hyper {

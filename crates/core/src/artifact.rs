@@ -285,9 +285,17 @@ impl Link {
         }
     }
 
+}
+
+impl std::str::FromStr for Link {
+    type Err = String;
+
     /// Reads a name written by [`Link::name`].
-    pub fn from_name(name: &str) -> Option<Link> {
-        [Link::Exp, Link::Softplus].into_iter().find(|l| l.name() == name)
+    fn from_str(name: &str) -> Result<Link, String> {
+        [Link::Exp, Link::Softplus]
+            .into_iter()
+            .find(|l| l.name() == name)
+            .ok_or_else(|| format!("unknown link {name:?} (softplus or exp)"))
     }
 }
 
@@ -296,7 +304,7 @@ impl ModelManifest {
     pub fn link(&self) -> Result<Link, String> {
         match self.hyper.get("link") {
             None | Some(serde_json::Value::Null) => Ok(Link::Exp),
-            Some(v) => v.as_str().and_then(Link::from_name).ok_or_else(|| format!("unknown link {v}")),
+            Some(v) => v.as_str().ok_or_else(|| format!("unknown link {v}"))?.parse(),
         }
     }
 

@@ -67,7 +67,7 @@ export interface TuneResult { backend: "webgpu" | "cpu"; vector: number[]; losse
         let shard = CatalogShard::decode(&shard).map_err(err)?;
         let link = match opts.link.as_deref() {
             None => TuneConfig::default().link,
-            Some(name) => Link::from_name(name).ok_or_else(|| err(format!("unknown link {name:?} (softplus or exp)")))?,
+            Some(name) => name.parse::<Link>().map_err(err)?,
         };
         let cfg = TuneConfig { steps: opts.steps.unwrap_or(TuneConfig::default().steps).clamp(1, 1000), seed: u64::from(opts.seed.unwrap_or(0)), link, ..TuneConfig::default() };
         let t0 = js_sys::Date::now();
