@@ -142,7 +142,8 @@ async function gpuLabel(info) {
 function showStatus() {
   const c = hearth.capabilities();
   const on = c.gpu ? `on the GPU (WebGPU, ${adapterName})` : "on the CPU (wasm SIMD)";
-  const tuned = c.tuned ? ` · tuned to you on this device (${c.tuned.positives} films)` : "";
+  const tuned = c.tuned ? ` · tuned to you on this device (${c.tuned.positives} films)`
+    : c.droppedTuning != null ? ` · your on-device tuning was for model v${c.droppedTuning}, so it was set aside and is being redone for v${c.modelVersion}` : "";
   $("status").textContent = `Model v${c.modelVersion} · ${c.items.toLocaleString()} films · scored on this device, ${on}${tuned}`;
 }
 
@@ -256,7 +257,7 @@ function persist() {
 async function saveNow() {
   const upTo = changes;
   try {
-    await store.save(hearth.sealed(), thisDevice);
+    await store.save((current, previous) => hearth.savePlan(current, previous), thisDevice);
     savedUpTo = Math.max(savedUpTo, upTo);
     document.documentElement.dataset.saves = String(++saves); // for tests and the curious
     if (saveFailed && !unsaved()) {

@@ -1,7 +1,7 @@
-// The person's sealed history in IndexedDB, in two generations like core::store: a save moves
-// the current generation to "previous" and writes the new one in one transaction (atomic), reads
-// it back, and only then drops the previous one. Nothing here is plaintext: the page stores only
-// what Hearth.sealed() returns (AES-256-GCM).
+// The person's sealed history in IndexedDB, in two generations. Which bytes go where is decided by
+// core's rule (Hearth.savePlan, core::person::store::plan_save), not here: this file writes the
+// plan's two generations in one transaction (atomic), reads the current one back, and only then
+// drops the previous one. Nothing here is plaintext: the page stores only sealed bytes (AES-256-GCM).
 //
 // A failed write leaves both stored generations as they were (the transaction aborts whole) and
 // is reported as a `StorageError` with a code the page explains: `quota` when the browser refuses
@@ -100,18 +100,30 @@ export async function deviceName() {
   });
 }
 
-/** Stores a new generation (and this device's name, in the same transaction); the old one stays
- * until the new one reads back intact. Throws a `StorageError` (stored generations untouched)
- * when the browser refuses the write. */
-export async function save(bytes, device) {
-  const copy = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+/** Saves through `planFor(current, previous)` (the stored generations as Uint8Arrays or null ->
+ * `{ current, previous }`, i.e. `Hearth.savePlan`): read and write happen in one transaction, so
+ * the plan is made over exactly what it replaces; then, once the current generation reads back
+ * intact, the previous one is dropped. Throws a `StorageError` (stored generations as they were)
+ * when the browser refuses the write, or the plan's own error (e.g. `wrong-key`), writing nothing. */
+export async function save(planFor, device) {
+  const buf = (b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
+  let bytes = null;
   try {
     await withDb(async (d) => {
       const tx = d.transaction(STORE, "readwrite");
       const s = tx.objectStore(STORE);
-      const old = await request(s.get("current"));
-      if (old) s.put(old, "previous");
-      s.put(copy, "current");
+      const [current, previous] = await Promise.all([request(s.get("current")), request(s.get("previous"))]);
+      let plan;
+      try {
+        plan = planFor(current ? new Uint8Array(current) : null, previous ? new Uint8Array(previous) : null);
+      } catch (e) {
+        tx.abort();
+        throw Object.assign(e, { fromPlan: true });
+      }
+      bytes = plan.current;
+      if (plan.previous) s.put(buf(plan.previous), "previous");
+      else s.delete("previous");
+      s.put(buf(bytes), "current");
       if (device) s.put(device, "device");
       await done(tx);
     });
@@ -123,6 +135,7 @@ export async function save(bytes, device) {
       await done(tx);
     });
   } catch (e) {
+    if (e?.fromPlan) throw e;
     throw storageError(e);
   }
 }

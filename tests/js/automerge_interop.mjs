@@ -13,7 +13,7 @@ const fail = (msg) => { console.error(`interop: ${msg}`); process.exit(1); };
 const str = (v) => (v === undefined ? v : String(v));
 if (str(doc.format) !== "hearth-history" || Number(doc.version) !== 1) fail(`format ${doc.format} v${doc.version}`);
 
-// Each event is one JSON text value (see crates/core/src/history.rs).
+// Each event is one JSON text value (see crates/core/src/person/history.rs).
 const got = Object.keys(doc).filter((k) => k.startsWith("e:")).sort().map((id) => {
   const e = JSON.parse(str(doc[id]));
   const context = e.ctx ?? {};

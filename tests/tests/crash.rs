@@ -12,9 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hearth_core::history::History;
-use hearth_core::store::{FileStore, load_sealed};
-use hearth_core::vault::Key;
+use hearth_core::person::history::History;
+use hearth_core::person::store::{FileStore, load_sealed};
+use hearth_core::person::vault::Key;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

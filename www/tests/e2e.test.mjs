@@ -168,6 +168,58 @@ test("a damaged catalog and another model's catalog: clear messages, nothing los
   await context.close();
 });
 
+test("model version 2 is published: v1's catalog is refused, the v1 tuning is set aside with a status line, the history kept", async () => {
+  const { readFileSync } = await import("node:fs");
+  const { createHash } = await import("node:crypto");
+  const dir = new URL("../../models/ml100k/", import.meta.url);
+  const shard = readFileSync(new URL("items.shard", dir));
+  const manifest = JSON.parse(readFileSync(new URL("manifest.json", dir), "utf8"));
+  assert.equal(manifest.model_version, 1);
+  // Version 2 as the aggregator publishes it: the shard names its version, the manifest its digest.
+  const v2shard = Buffer.from(shard);
+  assert.equal(v2shard.readUInt16LE(20), 1);
+  v2shard[22] = "2".charCodeAt(0);
+  createHash("sha256").update(v2shard.subarray(0, v2shard.length - 32)).digest().copy(v2shard, v2shard.length - 32);
+  const v2manifest = Buffer.from(JSON.stringify({ ...manifest, model_version: 2,
+    files: { ...manifest.files, "items.shard": createHash("sha256").update(v2shard).digest("hex") } }));
+
+  const context = await browser.newContext({ serviceWorkers: "block" }); // routing does not see a worker's fetches
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(server.url);
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  for (const f of FILMS.slice(0, 3)) await rateFilm(page, f, 5);
+  await page.locator("html[data-tuned]").waitFor({ state: "attached", timeout: 120_000 }); // tuned for v1 and saved
+  assert.match(await page.textContent("#status"), /Model v1 .* tuned to you on this device \(3 films\)/);
+
+  // v2's manifest with v1's catalog: refused, nothing changed.
+  await page.route("**/model/manifest.json", (r) => r.fulfill({ body: v2manifest, contentType: "application/json" }));
+  await page.goto("about:blank"); // (a hash change alone would not reload the page)
+  await page.goto(`${server.url}#bench-notune`); // no new tuning, so the status line stays put
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#gate-error:not([hidden])").waitFor();
+  assert.match(await page.textContent("#gate-error"), /different model version/);
+
+  // v2 whole: the history opens, the v1 offset is set aside and the status line says so.
+  await page.route("**/model/items.shard", (r) => r.fulfill({ body: v2shard, contentType: "application/octet-stream" }));
+  await page.reload();
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  const status = await page.textContent("#status");
+  assert.match(status, /^Model v2 /);
+  assert.match(status, /your on-device tuning was for model v1, so it was set aside and is being redone for v2/);
+  const caps = await page.evaluate(() => window.hearthBench.capabilities());
+  assert.deepEqual([caps.modelVersion, caps.tuned, caps.droppedTuning], [2, null, 1]);
+  assert.deepEqual((await page.locator("#history li .title").allTextContents()).sort(), FILMS.slice(0, 3).sort());
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
 // The person's stored generations as they are in IndexedDB (byte arrays, or null).
 const storedBytes = (page) => page.evaluate(async () => {
   const db = await new Promise((ok, fail) => { const r = indexedDB.open("hearth"); r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); });
@@ -175,6 +227,52 @@ const storedBytes = (page) => page.evaluate(async () => {
   const [current, previous] = [await get("current"), await get("previous")];
   db.close();
   return { current: current ? Array.from(new Uint8Array(current)) : null, previous: previous ? Array.from(new Uint8Array(previous)) : null };
+});
+
+test("the current generation is damaged: the page opens from the previous one and a save never moves the damage over it", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(server.url);
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  await rateFilm(page, "Casablanca (1942)", 5);
+  await page.locator('html[data-saves="2"]').waitFor({ state: "attached" });
+  const good = (await storedBytes(page)).current;
+  assert.ok(good);
+  // The current generation damaged on disk, the previous one good.
+  await page.evaluate(async (bytes) => {
+    const damaged = new Uint8Array(bytes);
+    damaged[damaged.length - 1] ^= 1;
+    const db = await new Promise((ok) => { const r = indexedDB.open("hearth"); r.onsuccess = () => ok(r.result); });
+    const tx = db.transaction("vault", "readwrite");
+    tx.objectStore("vault").put(damaged.buffer, "current");
+    tx.objectStore("vault").put(new Uint8Array(bytes).buffer, "previous");
+    await new Promise((ok) => { tx.oncomplete = ok; });
+    db.close();
+  }, good);
+  await page.reload();
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  assert.deepEqual(await page.locator("#history li .title").allTextContents(), ["Casablanca (1942)"], "opened from the previous generation");
+  // The next save writes its generation but fails before it may drop the previous one.
+  await page.evaluate(() => { IDBObjectStore.prototype.delete = function () { throw new DOMException("simulated failure", "UnknownError"); }; });
+  await rateFilm(page, "Fargo (1996)", 4);
+  await page.locator('html[data-unsaved="true"]').waitFor({ state: "attached" });
+  const after = await storedBytes(page);
+  assert.deepEqual(after.previous, good, "the good generation the page opened from is kept, not the damaged one");
+  assert.notDeepEqual(after.current, good);
+  // Both generations open: the reload reads the new one.
+  await page.reload();
+  await page.locator("#gate:not([hidden])").waitFor();
+  await unlock(page, PASS);
+  await page.locator("#app:not([hidden])").waitFor();
+  assert.deepEqual((await page.locator("#history li .title").allTextContents()).sort(), ["Casablanca (1942)", "Fargo (1996)"]);
+  assert.deepEqual(errors, []);
+  await context.close();
 });
 
 // Chromium's own quota enforcement, with an origin's quota set through the DevTools protocol

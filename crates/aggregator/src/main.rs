@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use hearth_aggregator::{
     Backend, evaluate_dir, fit_calibration, load_dataset, make_split, read_model_dir, report_json, report_table, train_model,
-    write_model_dir, attach_shard,
+    write_model_dir, attach_shard, publish_model_dir,
 };
 use hearth_core::model::{Link, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -266,9 +266,15 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!();
             }
             let mut bundle = trained.bundle;
-            attach_shard(&mut bundle)?;
-            write_model_dir(&out, &bundle)?;
-            eprintln!("trained in {:.1} s (epoch {} of {} chosen); wrote {}", trained.train_seconds, sel.best_epoch, sel.curve.len(), out.display());
+            publish_model_dir(&out, &mut bundle)?;
+            eprintln!(
+                "trained in {:.1} s (epoch {} of {} chosen); wrote model version {} to {}",
+                trained.train_seconds,
+                sel.best_epoch,
+                sel.curve.len(),
+                bundle.manifest.model_version,
+                out.display()
+            );
             eprintln!("test split, scored once:");
             print!("{}", report_table(&trained.report));
         }
@@ -278,7 +284,7 @@ fn run(cli: Cli) -> Result<()> {
             write_model_dir(&model, &bundle)?;
             eprintln!(
                 "wrote {}: {} items x {} dims, model version {}",
-                model.join(hearth_core::bundle::SHARD).display(),
+                model.join(hearth_core::artifact::bundle::SHARD).display(),
                 shard.len(),
                 shard.dim(),
                 shard.model_version()

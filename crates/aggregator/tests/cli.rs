@@ -205,3 +205,35 @@ fn synth_split_and_a_model_that_learned_nothing_is_flagged() {
     assert_eq!(manifest["selection"]["order"], "unordered");
     assert_eq!(manifest["selection"]["curve"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn each_training_into_a_directory_publishes_the_next_model_version() {
+    let dir = scratch("versions");
+    let csv = synthetic_csv(&dir);
+    let model = dir.join("model");
+    let (data, out) = (csv.to_str().unwrap(), model.to_str().unwrap());
+    let train = ["train", "--data", data, "--out", out, "--epochs", "2", "--dim", "8", "--hidden", "16", "--batch", "64", "--negatives", "16"];
+    let version = || -> (u64, String) {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
+        let shard = hearth_core::artifact::shard::CatalogShard::decode(&std::fs::read(model.join("items.shard")).unwrap()).unwrap();
+        (m["model_version"].as_u64().unwrap(), shard.model_version().to_owned())
+    };
+    let (ok, _, err) = run(bin().args(train));
+    assert!(ok, "{err}");
+    assert!(err.contains("wrote model version 1 to"), "{err}");
+    assert_eq!(version(), (1, "1".into()));
+    let (ok, _, err) = run(bin().args(train));
+    assert!(ok, "{err}");
+    assert!(err.contains("wrote model version 2 to"), "{err}");
+    assert_eq!(version(), (2, "2".into()), "retraining publishes a new version, shard included");
+    // Rewriting the shard or the calibration changes no parameter: the version stays.
+    let (ok, _, err) = run(bin().args(["shard", "--model", out]));
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(bin().args(["calibrate", "--model", out, "--data", data]));
+    assert!(ok, "{err}");
+    assert_eq!(version(), (2, "2".into()));
+    // A manifest whose version cannot be read: nothing is published over it.
+    std::fs::write(model.join("manifest.json"), b"{ not json").unwrap();
+    fails_with(&train, "holds no readable model version");
+    assert_eq!(std::fs::read(model.join("manifest.json")).unwrap(), b"{ not json");
+}

@@ -9,9 +9,9 @@
 
 use std::time::Instant;
 
-use hearth_core::history::{History, Kind};
-use hearth_core::sync::{Group, Replica};
-use hearth_core::vault::{self, Key};
+use hearth_core::person::history::{History, Kind};
+use hearth_core::person::sync::{Group, Replica};
+use hearth_core::person::vault::{self, Key};
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3

@@ -11,8 +11,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use hearth_core::quant::{CatalogShard, QuantizedVector, quantize};
-use hearth_core::score::{self, Hit};
+use hearth_core::artifact::shard::CatalogShard;
+use hearth_core::quant::{QuantizedVector, quantize};
+use hearth_core::device::score::{self, Hit};
 
 struct Args {
     json: bool,
@@ -108,6 +109,7 @@ struct Row {
     threads: usize,
     kernel: &'static str,
     int8_1t: f64,
+    avx2_1t: f64,
     int8_mt: f64,
     f32_1t: f64,
     floor: f64,
@@ -125,7 +127,7 @@ fn run(n: usize, d: usize, items: &[f32], users: &[f32], a: &Args) -> Result<Row
     let k = 10;
     let parts = a.threads.max(1);
     let part = n.div_ceil(parts);
-    let [floor, floor_mt, int8_1t, int8_mt] = time_interleaved(
+    let [floor, floor_mt, int8_1t, int8_mt, avx2_1t] = time_interleaved(
         a.queries,
         &mut [
             &mut |_| {
@@ -145,6 +147,10 @@ fn run(n: usize, d: usize, items: &[f32], users: &[f32], a: &Args) -> Result<Row
             &mut |i| {
                 black_box(score::top_k_threads(view, &queries[i % nq], k, a.threads));
             },
+            // The AVX2 kernel side by side (the best kernel may be AVX-512 VNNI).
+            &mut |i| {
+                black_box(score::top_k_with(score::CpuKernel::Avx2, view, &queries[i % nq], k));
+            },
         ],
     );
     let [f32_1t] = time_interleaved(
@@ -156,9 +162,9 @@ fn run(n: usize, d: usize, items: &[f32], users: &[f32], a: &Args) -> Result<Row
     let mut recall = 0.0;
     for (i, q) in queries.iter().enumerate() {
         let exact: Vec<Hit> = score::exact_top_k(items, d, &users[i * d..(i + 1) * d], k);
-        recall += score::recall(&score::top_k(view, q, k), &exact);
+        recall += hearth_core::testkit::recall(&score::top_k(view, q, k), &exact);
     }
-    Ok(Row { n, d, threads: a.threads, kernel: score::cpu_kernel(), int8_1t, int8_mt, f32_1t, floor, floor_mt, recall: recall / nq as f64 })
+    Ok(Row { n, d, threads: a.threads, kernel: score::cpu_kernel(), int8_1t, avx2_1t, int8_mt, f32_1t, floor, floor_mt, recall: recall / nq as f64 })
 }
 
 fn main() {
@@ -189,8 +195,8 @@ fn main() {
             Ok(r) => {
                 if a.json {
                     println!(
-                        "{{\"n\":{},\"d\":{},\"threads\":{},\"kernel\":\"{}\",\"hearth_int8_ms\":{:.4},\"hearth_int8_mt_ms\":{:.4},\"hearth_f32_ms\":{:.4},\"floor_ms\":{:.4},\"floor_mt_ms\":{:.4},\"int8_over_floor\":{:.3},\"recall_at_10\":{:.4}}}",
-                        r.n, r.d, r.threads, r.kernel, r.int8_1t, r.int8_mt, r.f32_1t, r.floor, r.floor_mt, r.int8_1t / r.floor, r.recall
+                        "{{\"n\":{},\"d\":{},\"threads\":{},\"kernel\":\"{}\",\"hearth_int8_ms\":{:.4},\"avx2_ms\":{:.4},\"hearth_int8_mt_ms\":{:.4},\"hearth_f32_ms\":{:.4},\"floor_ms\":{:.4},\"floor_mt_ms\":{:.4},\"int8_over_floor\":{:.3},\"recall_at_10\":{:.4}}}",
+                        r.n, r.d, r.threads, r.kernel, r.int8_1t, r.avx2_1t, r.int8_mt, r.f32_1t, r.floor, r.floor_mt, r.int8_1t / r.floor, r.recall
                     );
                 }
                 rows.push(r);
@@ -206,20 +212,20 @@ fn main() {
     }
     for (n, d) in plan {
         let seed = (n * 1000 + d) as u64;
-        let items = score::gaussian(seed, n * d);
-        let users = score::gaussian(seed + 1, 32 * d);
+        let items = hearth_core::testkit::gaussian(seed, n * d);
+        let users = hearth_core::testkit::gaussian(seed + 1, 32 * d);
         do_row(n, d, &items, &users);
     }
     if !a.json {
         println!(
-            "{:>9} {:>4} {:>6} | {:>8} {:>8} {:>8} {:>9} {:>8} | {:>10} {:>9} {:>8} {:>7} | {:>9}",
-            "n", "d", "kernel", "floor 1t", "int8 1t", "f32 1t", "floor all", "int8 all", "int8/floor", "all/floor", "f32/int8", "1t/all", "recall@10"
+            "{:>9} {:>4} {:>10} | {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} | {:>10} {:>9} {:>9} {:>8} {:>7} | {:>9}",
+            "n", "d", "kernel", "floor 1t", "int8 1t", "avx2 1t", "f32 1t", "floor all", "int8 all", "int8/floor", "avx2/best", "all/floor", "f32/int8", "1t/all", "recall@10"
         );
         for r in &rows {
             println!(
-                "{:>9} {:>4} {:>6} | {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3} | {:>10.2} {:>9.2} {:>8.2} {:>7.2} | {:>9.4}",
-                r.n, r.d, r.kernel, r.floor, r.int8_1t, r.f32_1t, r.floor_mt, r.int8_mt,
-                r.int8_1t / r.floor, r.int8_mt / r.floor_mt, r.f32_1t / r.int8_1t, r.int8_1t / r.int8_mt, r.recall
+                "{:>9} {:>4} {:>10} | {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3} | {:>10.2} {:>9.2} {:>9.2} {:>8.2} {:>7.2} | {:>9.4}",
+                r.n, r.d, r.kernel, r.floor, r.int8_1t, r.avx2_1t, r.f32_1t, r.floor_mt, r.int8_mt,
+                r.int8_1t / r.floor, r.avx2_1t / r.int8_1t, r.int8_mt / r.floor_mt, r.f32_1t / r.int8_1t, r.int8_1t / r.int8_mt, r.recall
             );
         }
         println!(

@@ -869,19 +869,36 @@ pub fn sample_negatives(ds: &Dataset, split: &Split, n: usize, seed: u64) -> Vec
         .iter()
         .map(|h| {
             let s = &seen[h.user as usize];
-            let available = n_items as usize - s.len().min(n_items as usize);
-            let want = n.min(available);
-            let mut out = Vec::with_capacity(want);
-            let mut taken = std::collections::HashSet::with_capacity(want);
-            while out.len() < want {
-                let j = rng.random_range(0..n_items);
-                if !s.contains(&j) && taken.insert(j) {
-                    out.push(j);
-                }
-            }
-            out
+            draw_distinct(&mut rng, n_items, n, |j| s.contains(&j))
         })
         .collect()
+}
+
+/// Up to `want` distinct items drawn uniformly from `0..n_items`, skipping those `excluded`
+/// holds: random draws while they are cheap (at most `16 · want + 1024`), then the rest from a
+/// shuffle of what is left, so it ends however few items are eligible. Fewer than `want` come
+/// back only when fewer are eligible.
+pub fn draw_distinct(rng: &mut impl Rng, n_items: u32, want: usize, excluded: impl Fn(u32) -> bool) -> Vec<u32> {
+    use rand::seq::SliceRandom;
+    let mut out = Vec::with_capacity(want.min(n_items as usize));
+    if n_items == 0 {
+        return out;
+    }
+    let mut taken = std::collections::HashSet::with_capacity(out.capacity());
+    let mut draws = want.saturating_mul(16).saturating_add(1024);
+    while out.len() < want && draws > 0 {
+        draws -= 1;
+        let j = rng.random_range(0..n_items);
+        if !excluded(j) && taken.insert(j) {
+            out.push(j);
+        }
+    }
+    if out.len() < want {
+        let mut rest: Vec<u32> = (0..n_items).filter(|&j| !excluded(j) && !taken.contains(&j)).collect();
+        rest.shuffle(rng);
+        out.extend(rest.into_iter().take(want - out.len()));
+    }
+    out
 }
 
 /// Reads a test file: `user<TAB>item` per line (external ids).
@@ -1037,6 +1054,20 @@ mod tests {
         assert_eq!(split.test, vec![Heldout { user: 0, item: 2 }]);
         assert_eq!(split.train.len(), 3);
         assert_eq!(split.histories(2), vec![vec![0, 1], vec![0]]);
+    }
+
+    #[test]
+    fn drawing_ends_however_few_items_are_eligible() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        // A million items, all but two excluded: the draws give up and the scan finds both.
+        let mut got = draw_distinct(&mut rng, 1_000_000, 99, |j| j != 17 && j != 999_999);
+        got.sort_unstable();
+        assert_eq!(got, [17, 999_999]);
+        assert!(draw_distinct(&mut rng, 5, 3, |_| true).is_empty());
+        assert!(draw_distinct(&mut rng, 0, 3, |_| false).is_empty());
+        let some = draw_distinct(&mut rng, 10, 10, |j| j % 2 == 0);
+        assert_eq!(some.len(), 5);
+        assert!(some.iter().all(|j| j % 2 == 1));
     }
 
     #[test]

@@ -197,6 +197,113 @@ fn max_user(p: &Protocol<'_>) -> usize {
     a.max(b)
 }
 
+/// Platt scaling of a score into a probability: `1 / (1 + exp(a·s + b))`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Calibration {
+    /// Slope (negative when higher scores are more likely).
+    pub a: f64,
+    /// Offset.
+    pub b: f64,
+}
+
+impl Default for Calibration {
+    /// An uncalibrated logistic of the raw score.
+    fn default() -> Self {
+        Calibration { a: -1.0, b: 0.0 }
+    }
+}
+
+impl Calibration {
+    /// The probability for a score.
+    pub fn probability(&self, score: f32) -> f32 {
+        let z = self.a * f64::from(score) + self.b;
+        (1.0 / (1.0 + z.exp())) as f32
+    }
+
+    /// Fits Platt's sigmoid to scores of held-out positives and negatives (Newton's method with
+    /// Platt's smoothed targets, as in Lin, Lin and Weng's note on Platt scaling). `None` without
+    /// both kinds of example or with non-finite scores.
+    pub fn fit(positives: &[f32], negatives: &[f32]) -> Option<Calibration> {
+        let (np, nn) = (positives.len() as f64, negatives.len() as f64);
+        if np == 0.0 || nn == 0.0 || positives.iter().chain(negatives).any(|s| !s.is_finite()) {
+            return None;
+        }
+        let (hi, lo) = ((np + 1.0) / (np + 2.0), 1.0 / (nn + 2.0));
+        let data: Vec<(f64, f64)> = positives.iter().map(|&s| (f64::from(s), hi)).chain(negatives.iter().map(|&s| (f64::from(s), lo))).collect();
+        let (mut a, mut b) = (0.0f64, ((nn + 1.0) / (np + 1.0)).ln());
+        let loss = |a: f64, b: f64| -> f64 {
+            data.iter()
+                .map(|&(s, t)| {
+                    let z = a * s + b;
+                    // -[t log p + (1 - t) log(1 - p)] with p = 1 / (1 + e^z), computed stably.
+                    if z >= 0.0 { t * z + (1.0 + (-z).exp()).ln() } else { (t - 1.0) * z + (1.0 + z.exp()).ln() }
+                })
+                .sum()
+        };
+        let mut f = loss(a, b);
+        for _ in 0..100 {
+            let (mut h11, mut h22, mut h21, mut g1, mut g2) = (1e-12, 1e-12, 0.0, 0.0, 0.0);
+            for &(s, t) in &data {
+                let z = a * s + b;
+                let (p, q) = if z >= 0.0 {
+                    let e = (-z).exp();
+                    (e / (1.0 + e), 1.0 / (1.0 + e))
+                } else {
+                    let e = z.exp();
+                    (1.0 / (1.0 + e), e / (1.0 + e))
+                };
+                let d2 = p * q;
+                h11 += s * s * d2;
+                h22 += d2;
+                h21 += s * d2;
+                let d1 = t - p;
+                g1 += s * d1;
+                g2 += d1;
+            }
+            if g1.abs() < 1e-9 && g2.abs() < 1e-9 {
+                break;
+            }
+            let det = h11 * h22 - h21 * h21;
+            let (da, db) = (-(h22 * g1 - h21 * g2) / det, -(-h21 * g1 + h11 * g2) / det);
+            let gd = g1 * da + g2 * db;
+            let mut step = 1.0;
+            while step >= 1e-10 {
+                let (na, nb) = (a + step * da, b + step * db);
+                let nf = loss(na, nb);
+                if nf < f + 1e-4 * step * gd {
+                    (a, b, f) = (na, nb, nf);
+                    break;
+                }
+                step /= 2.0;
+            }
+            if step < 1e-10 {
+                break;
+            }
+        }
+        (a.is_finite() && b.is_finite()).then_some(Calibration { a, b })
+    }
+}
+
+/// Expected calibration error of `c` on held-out scores: positives (label 1) and negatives
+/// (label 0) binned by predicted probability into `bins` equal-width bins; the mean over all
+/// examples of |predicted − observed| per bin, weighted by the bin's share. 0 when perfectly
+/// calibrated; 0 for no examples.
+pub fn expected_calibration_error(c: &Calibration, positives: &[f32], negatives: &[f32], bins: usize) -> f64 {
+    let bins = bins.max(1);
+    let mut acc = vec![(0f64, 0f64, 0usize); bins];
+    for (scores, label) in [(positives, 1.0), (negatives, 0.0)] {
+        for &s in scores {
+            let p = f64::from(c.probability(s));
+            let b = ((p * bins as f64) as usize).min(bins - 1);
+            acc[b].0 += p;
+            acc[b].1 += label;
+            acc[b].2 += 1;
+        }
+    }
+    let total = (positives.len() + negatives.len()).max(1) as f64;
+    acc.iter().filter(|b| b.2 > 0).map(|b| (b.0 - b.1).abs() / total).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +393,16 @@ mod tests {
         assert_eq!(t[2], 2);
         let t = top_k(&s, &[false, true, false, true, false], 10, &mut rng);
         assert_eq!(t, vec![2, 0, 4]);
+    }
+
+    #[test]
+    fn expected_calibration_error_is_zero_when_calibrated_and_large_when_not() {
+        let c = Calibration { a: -1.0, b: 0.0 };
+        // Score 0 means p = 0.5: one positive and one negative there is perfectly calibrated.
+        assert_eq!(expected_calibration_error(&c, &[0.0], &[0.0], 10), 0.0);
+        // Confident and always wrong: p ≈ 1 for negatives, p ≈ 0 for positives.
+        let e = expected_calibration_error(&c, &[-20.0; 5], &[20.0; 5], 10);
+        assert!(e > 0.99, "{e}");
+        assert_eq!(expected_calibration_error(&c, &[], &[], 10), 0.0);
     }
 }

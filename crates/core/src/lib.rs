@@ -2,22 +2,22 @@
 //!
 //! It takes bytes, state and seeds, and returns values: no files, sockets or clocks here (those
 //! belong to the crate that owns the platform: `hearth-web`, `hearth-edge`, `hearth-aggregator`).
-//! The one exception is [`store::FileStore`], the native file store behind the [`store::Store`]
-//! trait (not built for wasm32).
+//! The one exception is [`person::store::FileStore`], the native file store behind the
+//! [`person::store::Store`] trait.
 //!
-//! - [`data`]: dataset readers (MovieLens 100K layout, generic CSV), leave-one-out, negatives.
-//! - [`eval`]: HR@K / NDCG@K under sampled and full-ranking protocols, coverage.
-//! - [`artifact`]: the model manifest and the `TensorFile` parameter format.
-//! - [`bundle`]: a model directory as verified bytes (manifest, parameters, catalog).
-//! - [`history`]: a person's history as an automerge document (record, forget, wipe, profile).
-//! - [`quant`]: int8 quantization and the `CatalogShard` format.
-//! - [`rank`]: exclusions, popularity fusion, MMR diversity, exploration, confidence, reasons.
-//! - [`score`]: catalog scoring and top-k: reference, CPU SIMD, GPU (feature `gpu`).
-//! - [`store`]: two-generation storage of sealed documents (in memory, atomic files).
-//! - [`sync`]: end-to-end encrypted automerge sync between a person's devices; pairing.
-//! - [`tower`]: the user tower's forward pass for one person in plain Rust (no burn).
-//! - [`vault`]: AES-256-GCM sealing at rest; passphrase (PBKDF2) and device keys; rotation.
-//! - `model` (feature `model`): the two-tower model in burn, generic over the backend.
+//! Modules, lower layers first (a module uses only those above it in this list; the tidy test in
+//! `tests/tidy.rs` checks it):
+//!
+//! - [`platform`]: what differs between wasm32 and native (randomness, threads, GPU waits).
+//! - [`codec`]: the magic/version/length-checked framing of every binary format.
+//! - [`quant`]: symmetric int8 quantization and the borrowed catalog view the scorers read.
+//! - [`data`]: datasets (MovieLens 100K layout, generic CSV), splits, negatives.
+//! - [`eval`]: HR@K / NDCG@K under sampled and full-ranking protocols, coverage, calibration.
+//! - [`person`]: a person's history (automerge), sealing at rest, storage, sync, the relay.
+//! - [`artifact`]: what a model directory publishes: tensor file, manifest, bundle, catalog shard.
+//! - [`device`]: user tower, int8 scan, ranking, the GPU runtime, the device session.
+//! - `model` (feature `model`): the two-tower model in burn, training and fine-tuning.
+//! - `testkit` (feature `testkit`): seeded data and recall for tests and benchmarks.
 //!
 //! ```
 //! use hearth_core::data::{Dataset, leave_one_out, sample_negatives};
@@ -34,19 +34,15 @@
 //! assert!(m.sampled.hr > 0.0);
 //! ```
 
-pub mod artifact;
-pub mod bundle;
+pub mod platform;
+pub mod codec;
+pub mod quant;
 pub mod data;
 pub mod eval;
-pub mod history;
-pub mod quant;
-pub mod rank;
-pub mod score;
-pub mod store;
-pub mod sync;
-pub mod tower;
-pub mod vault;
+pub mod person;
+pub mod artifact;
+pub mod device;
 #[cfg(feature = "model")]
 pub mod model;
-#[cfg(feature = "model")]
-pub mod tune;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use hearth_core::quant::{CatalogShard, SHARD_MAGIC, SHARD_VERSION};
+use hearth_core::artifact::shard::{CatalogShard, SHARD_MAGIC, SHARD_VERSION};
 
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz");
@@ -43,7 +43,7 @@ fn shard_decode_inputs_never_panic() {
 
 #[test]
 fn vault_open_inputs_never_panic() {
-    use hearth_core::vault::{self, Key};
+    use hearth_core::person::vault::{self, Key};
     let all = inputs("vault_open");
     assert!(all.len() >= 20, "the committed corpus is missing ({} inputs)", all.len());
     let key = Key::from_device_bytes([7; 32]);
@@ -62,8 +62,8 @@ fn vault_open_inputs_never_panic() {
 
 #[test]
 fn sync_incoming_inputs_never_panic_and_refusals_change_nothing() {
-    use hearth_core::history::{History, Kind};
-    use hearth_core::sync::{Group, Replica, envelope_group};
+    use hearth_core::person::history::{History, Kind};
+    use hearth_core::person::sync::{Group, Replica, envelope_group};
     let all = inputs("sync_incoming");
     assert!(all.len() >= 50, "the committed corpus is missing ({} inputs)", all.len());
     let group = Group::from_secret([3; 32]);

@@ -3,8 +3,9 @@
 //! (with `CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner`; `.ci/test` does).
 #![cfg(target_family = "wasm")]
 
-use hearth_core::quant::{CatalogShard, quantize};
-use hearth_core::score;
+use hearth_core::artifact::shard::CatalogShard;
+use hearth_core::quant::quantize;
+use hearth_core::device::score;
 use wasm_bindgen_test::wasm_bindgen_test;
 
 #[wasm_bindgen_test]
@@ -15,8 +16,8 @@ fn simd128_kernel_matches_the_reference() {
         let n = [1, 9, 1000, 4097][seed as usize % 4];
         let dim = dims[seed as usize % dims.len()];
         let k = [1, 10, 37][seed as usize % 3];
-        let shard = CatalogShard::from_f32("w", (0..n).map(|i| i.to_string()).collect(), dim, &score::gaussian(seed, n * dim)).unwrap();
-        let q = quantize(&score::gaussian(seed + 100, dim)).unwrap();
+        let shard = CatalogShard::from_f32("w", (0..n).map(|i| i.to_string()).collect(), dim, &hearth_core::testkit::gaussian(seed, n * dim)).unwrap();
+        let q = quantize(&hearth_core::testkit::gaussian(seed + 100, dim)).unwrap();
         let want = score::reference_top_k(shard.view(), &q, k);
         assert_eq!(score::top_k(shard.view(), &q, k), want, "seed {seed} n {n} dim {dim}");
         assert_eq!(score::top_k_portable(shard.view(), &q, k), want, "seed {seed} portable");

@@ -32,7 +32,7 @@ pub fn health() -> Health {
         status: "ok",
         service: "hearth-edge",
         version: env!("CARGO_PKG_VERSION"),
-        architecture: hearth_core::bundle::SERVED_ARCHITECTURE,
+        architecture: hearth_core::artifact::bundle::SERVED_ARCHITECTURE,
     }
 }
 

@@ -1,6 +1,6 @@
 //! hearth's training worker module: a second wasm module, loaded in a Web Worker only when there
 //! is training to do, so burn (about 2 MB gzip with its WebGPU backend) stays out of the page's
-//! first load. It fine-tunes the person's embedding ([`hearth_core::tune`]) on WebGPU when the
+//! first load. It fine-tunes the person's embedding ([`hearth_core::model::tune`]) on WebGPU when the
 //! worker has an adapter, else on burn's CPU backend (ndarray), and returns the tuned vector and
 //! the loss per step. Nothing leaves the device: the page hands it the catalog it already has,
 //! the tower's vector and the positive items' indices, and stores the result sealed.
@@ -12,8 +12,8 @@ mod js {
     use burn::backend::wgpu::{WgpuDevice, init_setup_async};
     use burn::backend::{Autodiff, NdArray, Wgpu};
     use hearth_core::artifact::Link;
-    use hearth_core::quant::CatalogShard;
-    use hearth_core::tune::{TuneConfig, Tuned, fine_tune};
+    use hearth_core::artifact::shard::CatalogShard;
+    use hearth_core::model::tune::{TuneConfig, Tuned, fine_tune};
     use wasm_bindgen::prelude::*;
 
     #[wasm_bindgen(typescript_custom_section)]

@@ -1,17 +1,16 @@
-//! hearth-web: hearth in the browser. [`engine::Engine`] holds the logic and is tested natively;
-//! this file binds it to JavaScript with wasm-bindgen (exports exist only on wasm32).
+//! hearth-web: hearth in the browser, bindings only. The logic is `hearth_core::device::session`
+//! (tested natively there); this file binds it to JavaScript with wasm-bindgen (exports exist only
+//! on wasm32) and adds what only a page has: the WebGPU device the tower and the scan run on.
 //!
 //! The page loads the model's `manifest.json`, `global.bin`, `catalog.json` and `items.shard`
 //! (never `personal.bin`: the training users' vectors), the person's sealed history from
-//! IndexedDB, and calls [`Hearth`](engine::Engine)'s methods; errors reach JavaScript as `Error`s
-//! with a stable `code` (see [`engine::WebError::code`]).
+//! IndexedDB, and calls `Hearth`'s methods (a `Session`'s); errors reach JavaScript as `Error`s
+//! with a stable `code` (`SessionError::code`, and `gpu` when WebGPU refuses the scorer).
 //!
 //! ```
 //! let summary = hearth_web::dataset_summary(b"user,item\nme,a\nme,b\n").unwrap();
 //! assert!(summary.contains("\"items\":2"));
 //! ```
-
-pub mod engine;
 
 #[cfg(target_family = "wasm")]
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -43,11 +42,13 @@ mod js {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use hearth_core::score::gpu::{GpuScorer, Kernel, MAX_GPU_K, request_device};
-    use hearth_core::tower::gpu::GpuTower;
+    use hearth_core::device::gpu::request_device;
+    use hearth_core::device::score::gpu::{GpuScorer, Kernel, MAX_GPU_K};
+    use hearth_core::device::tower::gpu::GpuTower;
     use wasm_bindgen::prelude::*;
 
-    use crate::engine::{Engine, Model, ModelFiles, Query, RecommendOptions, Secret, WebError};
+    use hearth_core::device::session::{ModelFiles, Query, RecommendOptions, Secret, ServedModel, Session, SessionError};
+    use hearth_core::person::store::Generations;
 
     #[wasm_bindgen(typescript_custom_section)]
     const TS: &'static str = r#"
@@ -63,23 +64,29 @@ export interface HistoryItem { id: string; title: string; last: number; counts: 
 /** A catalog search result. */
 export interface Found { id: string; title: string; }
 /** What this page scores with. */
-export interface Capabilities { modelVersion: number; items: number; dim: number; scorer: string; gpu: GpuInfo | null; tuned: TunedInfo | null; }
+export interface Capabilities { modelVersion: number; items: number; dim: number; scorer: string; gpu: GpuInfo | null; tuned: TunedInfo | null; /** The model version of a fine-tuning made for another model, set aside when the history opened. */ droppedTuning: number | null; }
 /** The stored fine-tuning: how many positives it learned from and the size of its offset. */
 export interface TunedInfo { positives: number; norm: number; }
 /** What the training worker fine-tunes. */
 export interface TrainingInput { start: Float32Array; positives: Uint32Array; /** The link the model was trained with: pass it to `fineTune`. */ link: "exp" | "softplus"; }
+/** What a save writes (core's two-generation rule): both in one transaction, then `previous` is dropped once `current` reads back. */
+export interface SavePlan { current: Uint8Array; previous: Uint8Array | null; }
 /** The WebGPU adapter the catalog scorer runs on. */
 export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | "unpacked"; }
 "#;
 
-    fn js_err(e: WebError) -> JsValue {
-        let err = js_sys::Error::new(&e.to_string());
-        let _ = js_sys::Reflect::set(&err, &"code".into(), &e.code().into());
+    fn coded(message: &str, code: &str) -> JsValue {
+        let err = js_sys::Error::new(message);
+        let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
         err.into()
     }
 
+    fn js_err(e: SessionError) -> JsValue {
+        coded(&e.to_string(), e.code())
+    }
+
     fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsValue> {
-        v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_err(WebError::BadInput(e.to_string())))
+        v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_err(SessionError::BadInput(e.to_string())))
     }
 
     /// The user tower and the catalog resident on the page's WebGPU device.
@@ -94,18 +101,18 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
     /// same results (the GPU's int8 hits equal the CPU's, and re-ranking is shared).
     #[wasm_bindgen]
     pub struct Hearth {
-        engine: Rc<RefCell<Engine>>,
+        engine: Rc<RefCell<Session>>,
         gpu: Rc<RefCell<Option<Rc<Gpu>>>>,
     }
 
     impl Hearth {
-        fn new(engine: Engine) -> Hearth {
+        fn new(engine: Session) -> Hearth {
             Hearth { engine: Rc::new(RefCell::new(engine)), gpu: Rc::default() }
         }
     }
 
     fn derived_secret(key: Vec<u8>, iterations: u32, salt: Vec<u8>) -> Result<Secret<'static>, JsValue> {
-        let bad = |what: &str| js_err(WebError::BadInput(format!("{what} has the wrong length")));
+        let bad = |what: &str| js_err(SessionError::BadInput(format!("{what} has the wrong length")));
         Ok(Secret::Derived { key: key.try_into().map_err(|_| bad("the derived key"))?, iterations, salt: salt.try_into().map_err(|_| bad("the salt"))? })
     }
 
@@ -113,14 +120,14 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         if opts.is_undefined() || opts.is_null() {
             Ok(RecommendOptions::default())
         } else {
-            serde_wasm_bindgen::from_value(opts).map_err(|e| js_err(WebError::BadInput(e.to_string())))
+            serde_wasm_bindgen::from_value(opts).map_err(|e| js_err(SessionError::BadInput(e.to_string())))
         }
     }
 
     /// The GPU half of a recommendation: the user tower and the int8 scan on the device (one
     /// submission, one read-back), then the CPU's re-rank with the tower's vector and ranking.
     /// `None` when the device failed (the caller falls back to the CPU).
-    async fn recommend_on(gpu: &Gpu, engine: &RefCell<Engine>, query: &Query, opts: &RecommendOptions) -> Option<Result<JsValue, JsValue>> {
+    async fn recommend_on(gpu: &Gpu, engine: &RefCell<Session>, query: &Query, opts: &RecommendOptions) -> Option<Result<JsValue, JsValue>> {
         let (out, hits) = gpu.scorer.top_k_for(&gpu.tower, query.input(), query.offset(), query.candidates()).await.ok()?;
         let engine = engine.borrow();
         let personal = engine.refine(query, &out.user, &hits);
@@ -132,7 +139,7 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
     /// unlock attempts.
     #[wasm_bindgen]
     pub struct HearthModel {
-        model: Rc<Model>,
+        model: Rc<ServedModel>,
     }
 
     #[wasm_bindgen]
@@ -140,7 +147,7 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         /// Verifies and loads the model's files (errors: code `model`, `shard`, `model-version`).
         pub fn load(manifest: &[u8], global: &[u8], catalog: &[u8], shard: &[u8]) -> Result<HearthModel, JsValue> {
             let files = ModelFiles { manifest, global, catalog, shard };
-            Model::load(&files).map(|m| HearthModel { model: Rc::new(m) }).map_err(js_err)
+            ServedModel::load(&files).map(|m| HearthModel { model: Rc::new(m) }).map_err(js_err)
         }
     }
 
@@ -160,7 +167,7 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             seed: u32,
         ) -> Result<Hearth, JsValue> {
             let secret = derived_secret(key, iterations, salt)?;
-            Engine::open_with(model.model.clone(), sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
+            Session::open_with(model.model.clone(), sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
         }
 
         /// Opens the model and the person's sealed history (`undefined` for a new person), keyed
@@ -180,12 +187,12 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             let secret = match (&passphrase, device_key) {
                 (Some(p), _) => Secret::Passphrase(p),
                 (None, Some(k)) => Secret::DeviceKey(
-                    k.try_into().map_err(|_| js_err(WebError::BadInput("a device key is 32 bytes".into())))?,
+                    k.try_into().map_err(|_| js_err(SessionError::BadInput("a device key is 32 bytes".into())))?,
                 ),
-                (None, None) => return Err(js_err(WebError::BadInput("a passphrase or a device key is needed".into()))),
+                (None, None) => return Err(js_err(SessionError::BadInput("a passphrase or a device key is needed".into()))),
             };
             let files = ModelFiles { manifest, global, catalog, shard };
-            Engine::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
+            Session::open(&files, sealed.as_deref(), secret, device, u64::from(seed)).map(Hearth::new).map_err(js_err)
         }
 
         /// Opens with a passphrase key the page derived itself with WebCrypto's
@@ -212,8 +219,8 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         /// `{iterations, salt}` of a sealed history's passphrase key, or `null` for a device key.
         #[wasm_bindgen(js_name = kdfParams)]
         pub fn kdf_params(sealed: &[u8]) -> Result<JsValue, JsValue> {
-            let bad = |e: hearth_core::vault::VaultError| js_err(WebError::Damaged(e.to_string()));
-            match hearth_core::vault::kdf_params(sealed).map_err(bad)? {
+            let bad = |e: hearth_core::person::vault::VaultError| js_err(SessionError::Damaged(e.to_string()));
+            match hearth_core::person::vault::kdf_params(sealed).map_err(bad)? {
                 Some((iterations, salt)) => to_js(&serde_json::json!({"iterations": iterations, "salt": salt.to_vec()})),
                 None => Ok(JsValue::NULL),
             }
@@ -222,8 +229,8 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         /// Fresh `{iterations, salt}` for a new passphrase key (current OWASP iteration count).
         #[wasm_bindgen(js_name = newKdfParams)]
         pub fn new_kdf_params() -> Result<JsValue, JsValue> {
-            let salt = hearth_core::vault::new_salt().map_err(|e| js_err(WebError::BadInput(e.to_string())))?;
-            to_js(&serde_json::json!({"iterations": hearth_core::vault::PBKDF2_ITERATIONS, "salt": salt.to_vec()}))
+            let salt = hearth_core::person::vault::new_salt().map_err(|e| js_err(SessionError::BadInput(e.to_string())))?;
+            to_js(&serde_json::json!({"iterations": hearth_core::person::vault::PBKDF2_ITERATIONS, "salt": salt.to_vec()}))
         }
 
         /// Records an event; returns its id.
@@ -239,7 +246,7 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
         pub fn enable_gpu(&self) -> js_sys::Promise {
             let (engine, slot) = (self.engine.clone(), self.gpu.clone());
             wasm_bindgen_futures::future_to_promise(async move {
-                let gpu_err = |e: hearth_core::score::gpu::GpuError| js_err(WebError::Gpu(e.to_string()));
+                let gpu_err = |e: hearth_core::device::gpu::GpuError| coded(&format!("WebGPU is not available: {e}"), "gpu");
                 let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
                     backends: wgpu::Backends::BROWSER_WEBGPU,
                     ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -325,8 +332,22 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             self.engine.borrow_mut().sealed().map_err(js_err)
         }
 
-        /// `{modelVersion, items, dim, scorer, gpu}`: `scorer` is `webgpu` once the catalog is on
-        /// the GPU, else the CPU kernel (`wasm-simd128`).
+        /// What to store for a save, decided by core's two-generation rule over what IndexedDB
+        /// holds now: `{current, previous}` (`previous` may be null). Write both in one
+        /// transaction, read `current` back, then drop `previous`.
+        #[wasm_bindgen(js_name = savePlan, unchecked_return_type = "SavePlan")]
+        pub fn save_plan(&self, current: Option<Vec<u8>>, previous: Option<Vec<u8>>) -> Result<JsValue, JsValue> {
+            let plan = self.engine.borrow_mut().save_plan(Generations { current, previous }).map_err(js_err)?;
+            let out = js_sys::Object::new();
+            let bytes = |b: Option<Vec<u8>>| b.map_or(JsValue::NULL, |b| js_sys::Uint8Array::from(&b[..]).into());
+            let _ = js_sys::Reflect::set(&out, &"current".into(), &bytes(plan.current));
+            let _ = js_sys::Reflect::set(&out, &"previous".into(), &bytes(plan.previous));
+            Ok(out.into())
+        }
+
+        /// `{modelVersion, items, dim, scorer, gpu, tuned, droppedTuning}`: `scorer` is `webgpu`
+        /// once the catalog is on the GPU, else the CPU kernel (`wasm-simd128`); `droppedTuning`
+        /// the model version of a fine-tuning offset set aside at open (made for another model).
         #[wasm_bindgen(unchecked_return_type = "Capabilities")]
         pub fn capabilities(&self) -> Result<JsValue, JsValue> {
             let (v, n, d) = self.engine.borrow().model_info();
@@ -334,7 +355,8 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             let cpu = if cfg!(target_feature = "simd128") { "wasm-simd128" } else { "portable" };
             let scorer = if gpu.is_some() { "webgpu" } else { cpu };
             let tuned = self.engine.borrow().tuning().map(|(p, norm)| serde_json::json!({"positives": p, "norm": norm}));
-            to_js(&serde_json::json!({"modelVersion": v, "items": n, "dim": d, "scorer": scorer, "gpu": gpu, "tuned": tuned}))
+            let dropped = self.engine.borrow().dropped_tuning();
+            to_js(&serde_json::json!({"modelVersion": v, "items": n, "dim": d, "scorer": scorer, "gpu": gpu, "tuned": tuned, "droppedTuning": dropped}))
         }
 
         /// `{start, positives}` for the training worker (the tower's vector for the history now

@@ -108,10 +108,10 @@ async fn webgpu_scores_like_the_cpu() {
 /// random histories and profiles, out-of-range indices and a fine-tuning offset included.
 #[wasm_bindgen_test]
 async fn the_user_tower_on_webgpu_matches_the_cpu_tower() {
-    use hearth_core::bundle::{ModelBundle, PersonInput, SERVED_ARCHITECTURE};
-    use hearth_core::score::gpu::request_device;
-    use hearth_core::tower::UserTower;
-    use hearth_core::tower::gpu::GpuTower;
+    use hearth_core::artifact::bundle::{ModelBundle, PersonInput, SERVED_ARCHITECTURE};
+    use hearth_core::device::gpu::request_device;
+    use hearth_core::device::tower::UserTower;
+    use hearth_core::device::tower::gpu::GpuTower;
     let mut read = |name: &str| match name {
         "manifest.json" => Some(MANIFEST.to_vec()),
         "global.bin" => Some(GLOBAL.to_vec()),

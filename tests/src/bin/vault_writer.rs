@@ -8,9 +8,9 @@
 
 use std::io::Write;
 
-use hearth_core::history::{History, Kind};
-use hearth_core::store::{FileStore, load_sealed, save_sealed};
-use hearth_core::vault::Key;
+use hearth_core::person::history::{History, Kind};
+use hearth_core::person::store::{FileStore, load_sealed, save_sealed};
+use hearth_core::person::vault::Key;
 
 fn total(h: &History) -> u64 {
     h.items().iter().map(|s| s.counts.iter().sum::<u64>()).sum()

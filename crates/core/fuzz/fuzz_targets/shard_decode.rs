@@ -3,7 +3,7 @@
 //! decodes must encode back to the same bytes.
 #![no_main]
 
-use hearth_core::quant::{CatalogShard, SHARD_MAGIC, SHARD_VERSION};
+use hearth_core::artifact::shard::{CatalogShard, SHARD_MAGIC, SHARD_VERSION};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     framed.extend_from_slice(digest.as_ref());
     if let Ok(shard) = CatalogShard::decode(&framed) {
         assert_eq!(shard.encode(), framed, "decode/encode is not the identity");
-        let _ = hearth_core::score::reference_top_k(shard.view(), &hearth_core::quant::QuantizedVector {
+        let _ = hearth_core::device::score::reference_top_k(shard.view(), &hearth_core::quant::QuantizedVector {
             values: vec![1; shard.dim()],
             scale: 1.0,
         }, 3);

@@ -5,8 +5,8 @@
 //! Every failure must be a typed error, and a failed message must leave the history unchanged.
 #![no_main]
 
-use hearth_core::history::{History, Kind};
-use hearth_core::sync::{Group, Replica, envelope_group};
+use hearth_core::person::history::{History, Kind};
+use hearth_core::person::sync::{Group, Replica, envelope_group};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! opens must be exactly what was sealed; every failure must be a typed error.
 #![no_main]
 
-use hearth_core::vault::{self, Key, VaultError};
+use hearth_core::person::vault::{self, Key, VaultError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -13,7 +13,7 @@
 //! throughout), which also quantizes the result for the GPU catalog scan in the same submission.
 
 use crate::artifact::{ModelDims, TensorFile};
-use crate::bundle::{BundleError, GLOBAL, ModelBundle, PersonInput};
+use crate::artifact::bundle::{BundleError, GLOBAL, ModelBundle, PersonInput};
 
 #[cfg(feature = "gpu")]
 pub mod gpu;

@@ -27,10 +27,10 @@
 //! Forgotten events and the old change history are not in what is saved afterwards. A replica
 //! still on an older epoch [adopts](History::adopt) the newer snapshot and carries over
 //! whatever it has that the snapshot neither holds nor folds nor forgets (its offline edits);
-//! [`crate::sync`] does this handshake. Concurrent compactions are ordered by `(epoch, epoch_id)`.
+//! [`crate::person::sync`] does this handshake. Concurrent compactions are ordered by `(epoch, epoch_id)`.
 //!
 //! ```
-//! use hearth_core::history::{History, Kind};
+//! use hearth_core::person::history::{History, Kind};
 //! let mut h = History::new("phone");
 //! h.record("movie-1", Kind::Like, 1_000, None, &[]).unwrap();
 //! h.record("movie-2", Kind::Rate(4.5), 2_000, Some(21), &[("screen", "tv")]).unwrap();
@@ -104,7 +104,8 @@ impl Kind {
         }
     }
 
-    fn parse(name: &str, value: Option<f64>) -> Option<Kind> {
+    /// The kind named `name` ([`KIND_NAMES`]); `rate` needs its `value`. `None` for anything else.
+    pub fn parse(name: &str, value: Option<f64>) -> Option<Kind> {
         Some(match name {
             "view" => Kind::View,
             "play" => Kind::Play,
@@ -240,10 +241,7 @@ fn seq_of_event_key(key: &str) -> Option<u64> {
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], HistoryError> {
-    let mut b = [0u8; N];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .map_err(|_| HistoryError::BadValue("the system random generator failed"))?;
-    Ok(b)
+    crate::platform::random().map_err(|_| HistoryError::BadValue("the system random generator failed"))
 }
 
 /// The person's profile (used only on their devices).
@@ -271,7 +269,7 @@ impl Default for Settings {
 }
 
 /// The person's fine-tuned embedding, as an offset added to the user tower's output (see
-/// `hearth_core::tune`). Only meaningful for the model version it was trained against.
+/// `hearth_core::model::tune`). Only meaningful for the model version it was trained against.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Tuning {
     /// The model version whose tower and catalog it was trained with.

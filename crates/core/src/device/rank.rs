@@ -25,8 +25,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::eval::Calibration;
 use crate::quant::CatalogView;
-use crate::score::Hit;
+use crate::device::score::Hit;
 
 /// How to rank.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,93 +53,6 @@ pub struct RankConfig {
 impl Default for RankConfig {
     fn default() -> Self {
         RankConfig { k: 10, diversity: 0.3, explore: 0.1, seed: 0, rrf_k: 60.0, warm_history: 10, personal_trust: 1.0 }
-    }
-}
-
-/// Platt scaling of a score into a probability: `1 / (1 + exp(a·s + b))`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Calibration {
-    /// Slope (negative when higher scores are more likely).
-    pub a: f64,
-    /// Offset.
-    pub b: f64,
-}
-
-impl Default for Calibration {
-    /// An uncalibrated logistic of the raw score.
-    fn default() -> Self {
-        Calibration { a: -1.0, b: 0.0 }
-    }
-}
-
-impl Calibration {
-    /// The probability for a score.
-    pub fn probability(&self, score: f32) -> f32 {
-        let z = self.a * f64::from(score) + self.b;
-        (1.0 / (1.0 + z.exp())) as f32
-    }
-
-    /// Fits Platt's sigmoid to scores of held-out positives and negatives (Newton's method with
-    /// Platt's smoothed targets, as in Lin, Lin and Weng's note on Platt scaling). `None` without
-    /// both kinds of example or with non-finite scores.
-    pub fn fit(positives: &[f32], negatives: &[f32]) -> Option<Calibration> {
-        let (np, nn) = (positives.len() as f64, negatives.len() as f64);
-        if np == 0.0 || nn == 0.0 || positives.iter().chain(negatives).any(|s| !s.is_finite()) {
-            return None;
-        }
-        let (hi, lo) = ((np + 1.0) / (np + 2.0), 1.0 / (nn + 2.0));
-        let data: Vec<(f64, f64)> = positives.iter().map(|&s| (f64::from(s), hi)).chain(negatives.iter().map(|&s| (f64::from(s), lo))).collect();
-        let (mut a, mut b) = (0.0f64, ((nn + 1.0) / (np + 1.0)).ln());
-        let loss = |a: f64, b: f64| -> f64 {
-            data.iter()
-                .map(|&(s, t)| {
-                    let z = a * s + b;
-                    // -[t log p + (1 - t) log(1 - p)] with p = 1 / (1 + e^z), computed stably.
-                    if z >= 0.0 { t * z + (1.0 + (-z).exp()).ln() } else { (t - 1.0) * z + (1.0 + z.exp()).ln() }
-                })
-                .sum()
-        };
-        let mut f = loss(a, b);
-        for _ in 0..100 {
-            let (mut h11, mut h22, mut h21, mut g1, mut g2) = (1e-12, 1e-12, 0.0, 0.0, 0.0);
-            for &(s, t) in &data {
-                let z = a * s + b;
-                let (p, q) = if z >= 0.0 {
-                    let e = (-z).exp();
-                    (e / (1.0 + e), 1.0 / (1.0 + e))
-                } else {
-                    let e = z.exp();
-                    (1.0 / (1.0 + e), e / (1.0 + e))
-                };
-                let d2 = p * q;
-                h11 += s * s * d2;
-                h22 += d2;
-                h21 += s * d2;
-                let d1 = t - p;
-                g1 += s * d1;
-                g2 += d1;
-            }
-            if g1.abs() < 1e-9 && g2.abs() < 1e-9 {
-                break;
-            }
-            let det = h11 * h22 - h21 * h21;
-            let (da, db) = (-(h22 * g1 - h21 * g2) / det, -(-h21 * g1 + h11 * g2) / det);
-            let gd = g1 * da + g2 * db;
-            let mut step = 1.0;
-            while step >= 1e-10 {
-                let (na, nb) = (a + step * da, b + step * db);
-                let nf = loss(na, nb);
-                if nf < f + 1e-4 * step * gd {
-                    (a, b, f) = (na, nb, nf);
-                    break;
-                }
-                step /= 2.0;
-            }
-            if step < 1e-10 {
-                break;
-            }
-        }
-        (a.is_finite() && b.is_finite()).then_some(Calibration { a, b })
     }
 }
 
@@ -276,7 +190,7 @@ pub fn rank(input: &RankInput<'_>, cfg: &RankConfig) -> Result<Vec<Ranked>, Rank
     }
     pool.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
 
-    let score = |i: u32| crate::score::score_one(view, input.user, i);
+    let score = |i: u32| crate::device::score::score_one(view, input.user, i);
     let norms: Vec<f32> = pool.iter().map(|&(i, _, _)| norm(view.row(i as usize))).collect();
 
     // Exploration slots and the items they may draw from (beyond the top 3k of the fused order).
@@ -362,7 +276,7 @@ pub fn rank(input: &RankInput<'_>, cfg: &RankConfig) -> Result<Vec<Ranked>, Rank
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::CatalogShard;
+    use crate::artifact::shard::CatalogShard;
 
     /// Items in `clusters` tight clusters around random centres; the user likes cluster 0.
     fn catalog(n: usize, dim: usize, clusters: usize, seed: u64) -> (CatalogShard, Vec<f32>) {
@@ -375,7 +289,7 @@ mod tests {
     }
 
     fn personal(view: CatalogView<'_>, user: &[f32], depth: usize) -> Vec<Hit> {
-        crate::score::search(view, user, depth, 1).unwrap()
+        crate::device::score::search(view, user, depth, 1).unwrap()
     }
 
     fn mean_pairwise_cosine(view: CatalogView<'_>, items: &[u32]) -> f32 {

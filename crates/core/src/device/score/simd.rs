@@ -1,6 +1,7 @@
-//! CPU kernels: AVX2 (x86-64, detected at run time), `simd128` (wasm32, when compiled with the
-//! target feature) and a portable loop. Each offers `(base + i, f32(dot) * scale_i)` for every
-//! item `i` of the view, in increasing `i`, to a [`TopK`].
+//! CPU kernels: AVX-512 VNNI and AVX2 (x86-64, detected at run time, the best one chosen),
+//! `simd128` (wasm32, when compiled with the target feature) and a portable loop. Each offers
+//! `(base + i, f32(dot) * scale_i)` for every item `i` of the view, in increasing `i`, to a
+//! [`TopK`], with the same exact `i32` dot products: every kernel returns the same hits.
 //!
 //! The only `unsafe` code of hearth-core is here: SIMD intrinsics on pointers into slices whose
 //! bounds each block checks first.
@@ -9,29 +10,81 @@
 use super::{Hit, TopK};
 use crate::quant::CatalogView;
 
-pub(super) fn kernel_name() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        return "avx2";
+/// The CPU kernels this build can run, in the order the fastest is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuKernel {
+    /// `vpdpbusd` (AVX-512 VNNI with 256-bit vectors): one instruction per 32 bytes.
+    Avx512Vnni,
+    /// `vpmaddubsw` + `vpmaddwd` (AVX2).
+    Avx2,
+    /// wasm `simd128`.
+    Simd128,
+    /// A plain integer loop.
+    Portable,
+}
+
+impl CpuKernel {
+    /// Its name, as benchmarks and the page report it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuKernel::Avx512Vnni => "avx512vnni",
+            CpuKernel::Avx2 => "avx2",
+            CpuKernel::Simd128 => "simd128",
+            CpuKernel::Portable => "portable",
+        }
     }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    return "simd128";
-    #[allow(unreachable_code)]
-    "portable"
+
+    /// Whether this CPU (and build) can run it.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            CpuKernel::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("avx2")
+            }
+            #[cfg(target_arch = "x86_64")]
+            CpuKernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            CpuKernel::Simd128 => true,
+            CpuKernel::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every kernel this CPU can run, fastest first.
+    pub fn all_available() -> Vec<CpuKernel> {
+        [CpuKernel::Avx512Vnni, CpuKernel::Avx2, CpuKernel::Simd128, CpuKernel::Portable].into_iter().filter(|k| k.available()).collect()
+    }
+
+    /// The fastest kernel this CPU can run (detected once).
+    pub fn best() -> CpuKernel {
+        static BEST: std::sync::OnceLock<CpuKernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| CpuKernel::all_available()[0])
+    }
+}
+
+pub(super) fn kernel_name() -> &'static str {
+    CpuKernel::best().name()
 }
 
 /// Scans with the best kernel available.
 pub(super) fn scan(view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked just above), the only requirement of `scan_avx2`.
-        unsafe { avx2::scan(view, q, base, top) };
-        return;
+    scan_with(CpuKernel::best(), view, q, base, top)
+}
+
+/// Scans with `kernel`, or the portable loop when this CPU cannot run it.
+pub(super) fn scan_with(kernel: CpuKernel, view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 VNNI, AVX-512 VL and AVX2 are present (checked by `available`).
+        CpuKernel::Avx512Vnni if kernel.available() => unsafe { vnni::scan(view, q, base, top) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 is present (checked by `available`), the only requirement of `avx2::scan`.
+        CpuKernel::Avx2 if kernel.available() => unsafe { avx2::scan(view, q, base, top) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        CpuKernel::Simd128 => wasm::scan(view, q, base, top),
+        _ => scan_portable(view, q, base, top),
     }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    return wasm::scan(view, q, base, top);
-    #[allow(unreachable_code)]
-    scan_portable(view, q, base, top)
 }
 
 /// Reads every byte of the view (rows and scales) once with the widest loads available, doing
@@ -112,7 +165,7 @@ mod avx2 {
     /// Reduces eight accumulators to one vector of their eight sums.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn reduce8(a: [__m256i; 8]) -> __m256i {
+    pub(super) fn reduce8(a: [__m256i; 8]) -> __m256i {
         let h01 = _mm256_hadd_epi32(a[0], a[1]);
         let h23 = _mm256_hadd_epi32(a[2], a[3]);
         let h45 = _mm256_hadd_epi32(a[4], a[5]);
@@ -125,7 +178,7 @@ mod avx2 {
     }
 
     /// How far ahead of the scan to prefetch.
-    const PREFETCH_BYTES: usize = 2048;
+    pub(super) const PREFETCH_BYTES: usize = 2048;
 
     /// Sum of one row against a query held in registers (`C` chunks of 32 bytes).
     ///
@@ -184,7 +237,7 @@ mod avx2 {
     /// Offers the lanes of `scores` (items `first..first + 8`) that beat the threshold.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn offer8(scores: __m256, first: u32, top: &mut TopK) {
+    pub(super) fn offer8(scores: __m256, first: u32, top: &mut TopK) {
         let above = _mm256_cmp_ps::<_CMP_GT_OQ>(scores, _mm256_set1_ps(top.threshold()));
         let mut mask = _mm256_movemask_ps(above) as u32;
         if mask != 0 {
@@ -218,7 +271,7 @@ mod avx2 {
     /// # Safety
     /// AVX2 must be available.
     #[target_feature(enable = "avx2")]
-    unsafe fn scan_generic(view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
+    pub(super) unsafe fn scan_generic(view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
         let dim = view.dim();
         let chunks = dim / 32;
         let body = chunks * 32;
@@ -261,6 +314,85 @@ mod avx2 {
                 top.offer(Hit { index: base + i as u32, score });
             }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::super::TopK;
+    use super::avx2::{PREFETCH_BYTES, offer8, reduce8, scan_generic};
+    use crate::quant::CatalogView;
+    use std::arch::x86_64::*;
+
+    /// Sum of one row against the query (`C` chunks of 32 bytes in registers), lanes unreduced,
+    /// plus 128 · (the query's sum over each lane's bytes).
+    ///
+    /// `vpdpbusd` multiplies unsigned by signed bytes and adds groups of four into i32 lanes,
+    /// without saturation. Rows are signed, so each row byte is flipped to `a + 128` (XOR 0x80,
+    /// in 0..=255); the products then sum to `dot(a, q) + 128 · Σ q`, which the caller subtracts
+    /// exactly. No intermediate overflows: a lane adds at most `C · 4 · 255 · 127 < 2^31`.
+    ///
+    /// # Safety
+    /// AVX-512 VNNI and VL must be available; `row` must hold at least `C * 32` bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    unsafe fn row_acc_fixed<const C: usize>(row: *const i8, q: &[__m256i; C]) -> __m256i {
+        let flip = _mm256_set1_epi8(i8::MIN);
+        let mut acc = _mm256_setzero_si256();
+        for (c, &b) in q.iter().enumerate() {
+            // SAFETY: the caller guarantees `C * 32` readable bytes behind `row`.
+            let a = unsafe { _mm256_loadu_si256(row.add(c * 32).cast()) };
+            acc = _mm256_dpbusd_epi32(acc, _mm256_xor_si256(a, flip), b);
+        }
+        acc
+    }
+
+    /// # Safety
+    /// AVX-512 VNNI, AVX-512 VL and AVX2 must be available.
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    pub(super) unsafe fn scan(view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
+        // SAFETY (each arm): the features this function requires are those its callees require.
+        match view.dim() {
+            32 => unsafe { scan_fixed::<1>(view, q, base, top) },
+            64 => unsafe { scan_fixed::<2>(view, q, base, top) },
+            128 => unsafe { scan_fixed::<4>(view, q, base, top) },
+            _ => unsafe { scan_generic(view, q, base, top) },
+        }
+    }
+
+    /// The common widths: eight rows per block, the query in registers, prefetch as in AVX2.
+    ///
+    /// # Safety
+    /// AVX-512 VNNI, AVX-512 VL and AVX2 must be available.
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    unsafe fn scan_fixed<const C: usize>(view: CatalogView<'_>, q: &[i8], base: u32, top: &mut TopK) {
+        let dim = C * 32;
+        let rows = view.rows();
+        let scales = view.scales();
+        let n = view.len();
+        assert!(view.dim() == dim && q.len() == dim && rows.len() == n * dim && scales.len() == n);
+        // SAFETY: `q` has `dim = C * 32` bytes (asserted).
+        let qv: [__m256i; C] = std::array::from_fn(|c| unsafe { _mm256_loadu_si256(q.as_ptr().add(c * 32).cast()) });
+        // What the flipped rows add: 128 · Σ q, the same for every row (|Σ q| ≤ 4096 · 127).
+        let bias = _mm256_set1_epi32(128 * q.iter().map(|&v| i32::from(v)).sum::<i32>());
+        let blocks = n / 8;
+        for blk in 0..blocks {
+            let first = blk * 8;
+            // See the AVX2 kernel: prefetch never faults, so the address may pass the end.
+            let ahead = rows.as_ptr().wrapping_add(first * dim + PREFETCH_BYTES);
+            for line in 0..(8 * dim / 64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+            }
+            // SAFETY: item `first + j < n` has `dim` bytes at `(first + j) * dim` inside `rows`.
+            let acc: [__m256i; 8] = std::array::from_fn(|j| unsafe { row_acc_fixed::<C>(rows.as_ptr().add((first + j) * dim), &qv) });
+            let dots = _mm256_sub_epi32(reduce8(acc), bias);
+            // SAFETY: `scales[first..first + 8]` is in bounds.
+            let s = unsafe { _mm256_loadu_ps(scales.as_ptr().add(first)) };
+            offer8(_mm256_mul_ps(_mm256_cvtepi32_ps(dots), s), base + first as u32, top);
+        }
+        let rest = view.slice(blocks * 8..n);
+        // SAFETY: AVX2 is available (this function's contract).
+        unsafe { scan_generic(rest, q, base + (blocks * 8) as u32, top) };
     }
 }
 

@@ -14,8 +14,9 @@
 //! - `gpu` (feature `gpu`): the WGSL scorer on a caller-provided wgpu device.
 //!
 //! ```
-//! use hearth_core::quant::{CatalogShard, quantize};
-//! use hearth_core::score::{top_k, reference_top_k};
+//! use hearth_core::artifact::shard::CatalogShard;
+//! use hearth_core::quant::quantize;
+//! use hearth_core::device::score::{top_k, reference_top_k};
 //! let shard = CatalogShard::from_f32("1", vec!["a".into(), "b".into(), "c".into()], 2,
 //!     &[1.0, 0.0, 0.0, 1.0, 0.7, 0.7]).unwrap();
 //! let q = quantize(&[1.0, 0.2]).unwrap();
@@ -150,6 +151,17 @@ pub fn top_k(view: CatalogView<'_>, q: &QuantizedVector, k: usize) -> Vec<Hit> {
     finish(top.into_sorted(), q.scale)
 }
 
+pub use simd::CpuKernel;
+
+/// [`top_k`] with a chosen kernel (the portable loop when this CPU cannot run it): for tests
+/// that every kernel gives the reference's hits, and for benchmarks that compare them.
+pub fn top_k_with(kernel: CpuKernel, view: CatalogView<'_>, q: &QuantizedVector, k: usize) -> Vec<Hit> {
+    check_query(&view, q);
+    let mut top = TopK::new(k);
+    simd::scan_with(kernel, view, &q.values, 0, &mut top);
+    finish(top.into_sorted(), q.scale)
+}
+
 /// Forces the portable kernel (for tests of the fallback and for benchmarks).
 pub fn top_k_portable(view: CatalogView<'_>, q: &QuantizedVector, k: usize) -> Vec<Hit> {
     check_query(&view, q);
@@ -159,31 +171,25 @@ pub fn top_k_portable(view: CatalogView<'_>, q: &QuantizedVector, k: usize) -> V
 }
 
 /// Smallest part worth its own thread: below this, waking a worker costs more than it saves.
-#[cfg(not(target_family = "wasm"))]
 const MIN_PART_BYTES: usize = 4 << 20;
 
 /// The fast CPU scorer split into up to `threads` contiguous parts scanned on rayon's pool (each
 /// part at least 4 MiB of rows), whose selections merge in rank order. Same hits as
-/// [`reference_top_k`].
-#[cfg(not(target_family = "wasm"))]
+/// [`reference_top_k`]. One thread on wasm32 ([`crate::platform::threads`]).
 pub fn top_k_threads(view: CatalogView<'_>, q: &QuantizedVector, k: usize, threads: usize) -> Vec<Hit> {
-    use rayon::prelude::*;
     check_query(&view, q);
-    let threads = threads.clamp(1, (view.rows().len() / MIN_PART_BYTES).max(1));
+    let threads = crate::platform::threads(threads).min((view.rows().len() / MIN_PART_BYTES).max(1));
     if threads == 1 {
         return top_k(view, q, k);
     }
     let chunk = view.len().div_ceil(threads).next_multiple_of(8);
-    let parts: Vec<Vec<Hit>> = (0..threads)
-        .into_par_iter()
-        .map(|t| {
-            let start = (t * chunk).min(view.len());
-            let end = ((t + 1) * chunk).min(view.len());
-            let mut top = TopK::new(k);
-            simd::scan(view.slice(start..end), &q.values, start as u32, &mut top);
-            top.into_sorted()
-        })
-        .collect();
+    let parts: Vec<Vec<Hit>> = crate::platform::par_map(threads, |t| {
+        let start = (t * chunk).min(view.len());
+        let end = ((t + 1) * chunk).min(view.len());
+        let mut top = TopK::new(k);
+        simd::scan(view.slice(start..end), &q.values, start as u32, &mut top);
+        top.into_sorted()
+    });
     let mut top = TopK::new(k);
     for h in parts.into_iter().flatten() {
         top.offer(h);
@@ -229,13 +235,7 @@ pub fn score_one(view: CatalogView<'_>, user: &[f32], index: u32) -> f32 {
 /// threads (one on wasm32), [`refine`] to `k`. Errors if `user` holds NaN or infinity.
 pub fn search(view: CatalogView<'_>, user: &[f32], k: usize, threads: usize) -> Result<Vec<Hit>, crate::quant::QuantError> {
     let q = crate::quant::quantize(user)?;
-    #[cfg(not(target_family = "wasm"))]
     let candidates = top_k_threads(view, &q, refine_candidates(k), threads);
-    #[cfg(target_family = "wasm")]
-    let candidates = {
-        let _ = threads;
-        top_k(view, &q, refine_candidates(k))
-    };
     Ok(refine(view, user, &candidates, k))
 }
 
@@ -262,37 +262,12 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `n` seeded standard-normal values (Box–Muller over ChaCha8): the synthetic catalogs and
-/// queries of the scoring benchmark and tests.
-pub fn gaussian(seed: u64, n: usize) -> Vec<f32> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-        let u2: f64 = rng.random();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        out.push((r * t.cos()) as f32);
-        out.push((r * t.sin()) as f32);
-    }
-    out.truncate(n);
-    out
-}
-
-/// Fraction of `truth`'s items that `found` also holds (top-k recall).
-pub fn recall(found: &[Hit], truth: &[Hit]) -> f64 {
-    if truth.is_empty() {
-        return 1.0;
-    }
-    let hits = truth.iter().filter(|t| found.iter().any(|f| f.index == t.index)).count();
-    hits as f64 / truth.len() as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{CatalogShard, quantize};
+    use crate::artifact::shard::CatalogShard;
+    use crate::quant::quantize;
+    use crate::testkit::{gaussian, recall};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -314,14 +289,15 @@ mod tests {
             assert_eq!(want.len(), k.min(shard.len()));
             assert_eq!(top_k(shard.view(), &q, k), want, "seed {seed} ({})", cpu_kernel());
             assert_eq!(top_k_portable(shard.view(), &q, k), want, "seed {seed} portable");
-            #[cfg(not(target_family = "wasm"))]
+            for kernel in CpuKernel::all_available() {
+                assert_eq!(top_k_with(kernel, shard.view(), &q, k), want, "seed {seed} {}", kernel.name());
+            }
             for t in [2, 3] {
                 assert_eq!(top_k_threads(shard.view(), &q, k, t), want, "seed {seed} threads {t}");
             }
         }
     }
 
-    #[cfg(not(target_family = "wasm"))]
     #[test]
     fn threaded_parts_merge_to_the_same_hits() {
         // 12.8 MB of rows: three 4 MiB parts.

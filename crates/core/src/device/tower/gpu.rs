@@ -4,7 +4,7 @@
 //! The tower's parameters are uploaded once ([`GpuTower::new`]). A person costs one small upload
 //! (their history's catalog indices, profile tags and fine-tuning offset) and one dispatch of one
 //! workgroup, which also writes the int8 query the catalog scan reads: with
-//! [`GpuScorer::top_k_for`](crate::score::gpu::GpuScorer::top_k_for) the tower and the scan run
+//! [`GpuScorer::top_k_for`](crate::device::score::gpu::GpuScorer::top_k_for) the tower and the scan run
 //! in one submission with one read-back. [`GpuTower::person_vector`] runs the tower alone.
 //!
 //! The kernel computes in f32 (the CPU tower accumulates in f64), so its vector equals the CPU's
@@ -16,9 +16,9 @@ use wgpu::util::DeviceExt;
 
 use super::{UserTower, read_input};
 use crate::artifact::ModelDims;
-use crate::bundle::PersonInput;
+use crate::artifact::bundle::PersonInput;
 use crate::quant::QuantizedVector;
-use crate::score::gpu::{GpuError, bytes_of_f32, bytes_of_u32, submit_and_read, validated};
+use crate::device::gpu::{GpuError, bytes_of_f32, bytes_of_u32, submit_and_read, validated};
 
 const SOURCE: &str = include_str!("gpu.wgsl");
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use hearth_core::sync::{MAX_ENVELOPE, envelope_group};
+use crate::person::sync::{MAX_ENVELOPE, envelope_group};
 
 /// Why the relay refused an envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! (16 bytes) · nonce (12) · AES-256-GCM ciphertext of `sender id (16) · recipient id (16) ·
 //! counter u64 · sender's epoch (number u64, id 8) · kind u8 · payload`, with the clear header as
 //! associated data. The payload is an automerge sync message (kind 0) or, for a peer on an older
-//! epoch (see [`crate::history`]'s compaction), the whole compacted document (kind 1), which
+//! epoch (see [`crate::person::history`]'s compaction), the whole compacted document (kind 1), which
 //! that peer [adopts](History::adopt) before syncing on as usual. A relay
 //! stores and forwards envelopes by group id and learns nothing else: not the sender, not the
 //! recipient, not the contents. Keys come from the group secret through HKDF-SHA256 (separate
@@ -21,10 +21,10 @@ use std::collections::HashMap;
 
 use automerge::sync::{Message, State};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use ring::{agreement, digest, hkdf};
 
-use crate::history::{Epoch, History};
+use crate::person::history::{Epoch, History};
 
 /// Magic bytes of a sync envelope.
 pub const SYNC_MAGIC: &[u8; 8] = b"HRTHSYNC";
@@ -71,9 +71,7 @@ pub enum SyncError {
 }
 
 fn random<const N: usize>() -> Result<[u8; N], SyncError> {
-    let mut b = [0u8; N];
-    SystemRandom::new().fill(&mut b).map_err(|_| SyncError::Random)?;
-    Ok(b)
+    crate::platform::random().map_err(|_| SyncError::Random)
 }
 
 struct Len(usize);
@@ -425,7 +423,7 @@ pub fn answer(group: &Group, offer: &[u8]) -> Result<(Vec<u8>, String), SyncErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::Kind;
+    use crate::person::history::Kind;
 
     #[test]
     fn pairing_shares_the_group_and_both_sides_show_one_code() {

@@ -30,13 +30,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+mod bundle;
+pub mod tune;
+
 pub use crate::artifact::Link;
 use crate::artifact::{ArtifactError, ModelDims, TensorFile};
 use crate::data::{Dataset, Order};
 use crate::eval::Recommender;
 
 /// Architecture id recorded in manifests; loading refuses any other.
-pub const ARCHITECTURE: &str = crate::bundle::SERVED_ARCHITECTURE;
+pub const ARCHITECTURE: &str = crate::artifact::bundle::SERVED_ARCHITECTURE;
 
 /// Training hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,7 +242,7 @@ impl<B: Backend> Features<B> {
     }
 }
 
-pub use crate::tower::global_shapes;
+pub use crate::device::tower::global_shapes;
 
 fn param<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
     Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
@@ -366,7 +369,7 @@ impl<B: Backend> TwoTower<B> {
     }
 
     /// The user vector of one person on their device, `[1, dim]`: the tower over their history
-    /// (item indices in time order, e.g. [`crate::bundle::PersonInput`] from their `History`) and
+    /// (item indices in time order, e.g. [`crate::artifact::bundle::PersonInput`] from their `History`) and
     /// their user tags, without a personal vector (add the person's own, once trained). Tag
     /// indices outside the model's vocabulary are ignored.
     pub fn person_vector(&self, history: &[u32], tags: &[u32], device: &B::Device) -> Tensor<B, 2> {

@@ -8,7 +8,7 @@
 //! model was trained with; Adam), with an L2 pull towards `u0` so a few items cannot drag it
 //! anywhere. The item vectors are the served catalog's int8 rows, dequantized: exactly what
 //! scoring uses. The result is stored as an offset `u - u0` (see
-//! [`crate::history::Tuning`]) that is added to the tower's output from then on.
+//! [`crate::person::history::Tuning`]) that is added to the tower's output from then on.
 
 use burn::module::Param;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -150,7 +150,7 @@ async fn read<B: Backend>(t: Tensor<B, 1>) -> Result<Vec<f32>, TuneError> {
 #[cfg(all(test, feature = "cpu"))]
 mod tests {
     use super::*;
-    use crate::quant::CatalogShard;
+    use crate::artifact::shard::CatalogShard;
 
     type B = burn::backend::Autodiff<burn::backend::Flex>;
 
@@ -168,9 +168,9 @@ mod tests {
     #[test]
     fn the_loss_falls_and_the_positives_rise() {
         let (n, d) = (500, 16);
-        let values: Vec<f32> = crate::score::gaussian(1, n * d).iter().map(|v| v * 0.3).collect();
+        let values: Vec<f32> = crate::testkit::gaussian(1, n * d).iter().map(|v| v * 0.3).collect();
         let shard = CatalogShard::from_f32("1", (0..n).map(|i| i.to_string()).collect(), d, &values).unwrap();
-        let start: Vec<f32> = crate::score::gaussian(2, d).iter().map(|v| v * 0.3).collect();
+        let start: Vec<f32> = crate::testkit::gaussian(2, d).iter().map(|v| v * 0.3).collect();
         let positives = [3, 50, 99, 400];
         let dev = Default::default();
         // Both links learn; the plain one is what models trained before links were.
@@ -184,8 +184,8 @@ mod tests {
         assert!(t.losses.windows(2).all(|w| w[1] <= w[0] + 1e-4), "the loss falls at every step: {:?}", t.losses);
         assert!(t.losses[39] < 0.95 * t.losses[0], "{:?}", t.losses);
         let rank_of = |u: &[f32], i: u32| {
-            let s = crate::score::score_one(shard.view(), u, i);
-            (0..n as u32).filter(|&j| crate::score::score_one(shard.view(), u, j) > s).count()
+            let s = crate::device::score::score_one(shard.view(), u, i);
+            (0..n as u32).filter(|&j| crate::device::score::score_one(shard.view(), u, j) > s).count()
         };
         let before: usize = positives.iter().map(|&i| rank_of(&start, i)).sum();
         let after: usize = positives.iter().map(|&i| rank_of(&t.vector, i)).sum();

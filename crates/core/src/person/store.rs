@@ -1,6 +1,7 @@
 //! Where sealed documents rest: a small [`Store`] trait with two generations (current and
-//! previous), the in-memory [`MemStore`] (tests) and, natively, the atomic [`FileStore`]. The
-//! browser's IndexedDB store implements the same trait in `hearth-web`.
+//! previous), the in-memory [`MemStore`] (tests) and, natively, the atomic [`FileStore`]. A store
+//! that cannot answer synchronously (the browser's IndexedDB) asks [`plan_save`] what to write:
+//! the same rule over a snapshot of its two generations, so there is one rule, here.
 //!
 //! [`save_sealed`] and [`load_sealed`] put the vault on top: a new generation is sealed, staged
 //! (the old one becomes the previous generation), read back and opened, and only then is the
@@ -8,15 +9,15 @@
 //! one when the current is damaged; a wrong key never falls back and is never written over.
 //!
 //! ```
-//! use hearth_core::store::{MemStore, load_sealed, save_sealed};
-//! use hearth_core::vault::Key;
+//! use hearth_core::person::store::{MemStore, load_sealed, save_sealed};
+//! use hearth_core::person::vault::Key;
 //! let (mut store, key) = (MemStore::default(), Key::random().unwrap());
 //! save_sealed(&mut store, &key, [1; 16], b"generation 1").unwrap();
 //! save_sealed(&mut store, &key, [1; 16], b"generation 2").unwrap();
 //! assert_eq!(load_sealed(&store, &key).unwrap().unwrap().plain, b"generation 2");
 //! ```
 
-use crate::vault::{self, DocId, Key, VaultError};
+use crate::person::vault::{self, DocId, Key, VaultError};
 
 /// One of the two generations a store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,99 +143,52 @@ pub fn rotate_sealed(store: &mut dyn Store, old: &Key, new: &Key) -> Result<(), 
     write_verified(store, new, &vault::seal(new, loaded.doc, &loaded.plain)?, &loaded.plain)
 }
 
+/// A snapshot of a store's two generations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generations {
+    /// The current generation.
+    pub current: Option<Vec<u8>>,
+    /// The previous generation.
+    pub previous: Option<Vec<u8>>,
+}
+
+/// What an asynchronous store must write for [`save_sealed`] of `plain`, given what it holds
+/// now: write both generations of the result in one atomic step, read the current one back,
+/// and only then drop the previous one. The previous generation kept is the last one that
+/// opens: a damaged current generation is never moved over a good previous one.
+pub fn plan_save(stored: Generations, key: &Key, doc: DocId, plain: &[u8]) -> Result<Generations, StoreError> {
+    /// Applies `save_sealed`'s stages to a snapshot; the commit (dropping the previous one) is
+    /// the caller's, after its own read-back.
+    struct Planned(Generations);
+    impl Store for Planned {
+        fn read(&self, slot: Slot) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(match slot {
+                Slot::Current => self.0.current.clone(),
+                Slot::Previous => self.0.previous.clone(),
+            })
+        }
+        fn stage(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+            self.0.previous = self.0.current.replace(bytes.to_vec());
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+    let mut planned = Planned(stored);
+    save_sealed(&mut planned, key, doc, plain)?;
+    Ok(planned.0)
+}
+
+mod file;
+pub use file::FileStore;
+
 fn write_verified(store: &mut dyn Store, key: &Key, sealed: &[u8], plain: &[u8]) -> Result<(), StoreError> {
     store.stage(sealed)?;
     let back = store.read(Slot::Current)?.ok_or(StoreError::Verify)?;
     match vault::open(key, &back) {
         Ok((_, p)) if p == plain => store.commit(),
         _ => Err(StoreError::Verify),
-    }
-}
-
-#[cfg(not(target_family = "wasm"))]
-pub use file::FileStore;
-
-#[cfg(not(target_family = "wasm"))]
-mod file {
-    use std::fs::{self, File, OpenOptions};
-    use std::io::{ErrorKind, Write};
-    use std::path::{Path, PathBuf};
-
-    use super::{Slot, Store, StoreError};
-
-    fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-        StoreError::Io(format!("{what} {}: {e}", path.display()))
-    }
-
-    /// A document in a directory: `<name>` (current), `<name>.prev` (previous) and `<name>.tmp`
-    /// (being written). Staging writes and fsyncs the temporary file, hard-links the current
-    /// file as the previous one, renames the temporary file over the current one and fsyncs the
-    /// directory: a crash leaves either the old current file or the new one, never a mix.
-    #[derive(Debug, Clone)]
-    pub struct FileStore {
-        dir: PathBuf,
-        name: String,
-    }
-
-    impl FileStore {
-        /// A store for `name` in `dir` (created if missing).
-        pub fn open(dir: impl AsRef<Path>, name: &str) -> Result<FileStore, StoreError> {
-            let dir = dir.as_ref().to_path_buf();
-            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-                return Err(StoreError::Io(format!("{name:?} is not a plain file name")));
-            }
-            fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
-            Ok(FileStore { dir, name: name.to_owned() })
-        }
-
-        fn path(&self, suffix: &str) -> PathBuf {
-            self.dir.join(format!("{}{suffix}", self.name))
-        }
-
-        fn sync_dir(&self) -> Result<(), StoreError> {
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("cannot sync", &self.dir, e))
-        }
-
-        fn remove(path: &Path) -> Result<(), StoreError> {
-            match fs::remove_file(path) {
-                Err(e) if e.kind() != ErrorKind::NotFound => Err(io("cannot remove", path, e)),
-                _ => Ok(()),
-            }
-        }
-    }
-
-    impl Store for FileStore {
-        fn read(&self, slot: Slot) -> Result<Option<Vec<u8>>, StoreError> {
-            let path = self.path(match slot {
-                Slot::Current => "",
-                Slot::Previous => ".prev",
-            });
-            match fs::read(&path) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io("cannot read", &path, e)),
-            }
-        }
-
-        fn stage(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-            let (cur, prev, tmp) = (self.path(""), self.path(".prev"), self.path(".tmp"));
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
-            f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io("cannot write", &tmp, e))?;
-            drop(f);
-            if cur.exists() {
-                Self::remove(&prev)?;
-                if fs::hard_link(&cur, &prev).is_err() {
-                    fs::copy(&cur, &prev).and_then(|_| File::open(&prev)?.sync_all()).map_err(|e| io("cannot keep", &prev, e))?;
-                }
-            }
-            fs::rename(&tmp, &cur).map_err(|e| io("cannot replace", &cur, e))?;
-            self.sync_dir()
-        }
-
-        fn commit(&mut self) -> Result<(), StoreError> {
-            Self::remove(&self.path(".prev"))?;
-            self.sync_dir()
-        }
     }
 }
 
@@ -315,5 +269,27 @@ mod tests {
         save_sealed(&mut s, &key, [2; 16], b"newest").unwrap();
         assert_eq!(load_sealed(&s, &key).unwrap().unwrap().plain, b"newest");
         assert!(FileStore::open(std::env::temp_dir(), "../escape").is_err());
+    }
+
+    #[test]
+    fn a_plan_never_moves_a_damaged_current_generation_over_a_good_previous_one() {
+        let key = Key::random().unwrap();
+        let good = vault::seal(&key, [3; 16], b"good").unwrap();
+        let mut damaged = good.clone();
+        let n = damaged.len();
+        damaged[n - 1] ^= 1;
+        // Current damaged, previous good (the page just opened from it): the good one stays.
+        let plan = plan_save(Generations { current: Some(damaged.clone()), previous: Some(good.clone()) }, &key, [3; 16], b"next").unwrap();
+        assert_eq!(plan.previous, Some(good.clone()));
+        assert_eq!(vault::open(&key, plan.current.as_ref().unwrap()).unwrap().1, b"next");
+        // Current good: it becomes the previous generation.
+        let plan = plan_save(Generations { current: Some(good.clone()), previous: None }, &key, [3; 16], b"next").unwrap();
+        assert_eq!(plan.previous, Some(good.clone()));
+        // Nothing stored yet.
+        let plan = plan_save(Generations::default(), &key, [3; 16], b"first").unwrap();
+        assert_eq!(plan.previous, None);
+        // Another key's history is never planned over.
+        let other = Key::random().unwrap();
+        assert_eq!(plan_save(Generations { current: Some(good), previous: None }, &other, [3; 16], b"x"), Err(StoreError::Vault(VaultError::WrongKey)));
     }
 }

@@ -11,7 +11,7 @@
 //! seal.
 //!
 //! ```
-//! use hearth_core::vault::{Key, open, seal, VaultError};
+//! use hearth_core::person::vault::{Key, open, seal, VaultError};
 //! let key = Key::random().unwrap();
 //! let doc = [7u8; 16];
 //! let sealed = seal(&key, doc, b"history").unwrap();
@@ -20,7 +20,6 @@
 //! ```
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hmac, pbkdf2};
 
 /// Magic bytes of a sealed document.
@@ -84,9 +83,7 @@ impl std::fmt::Debug for Key {
 }
 
 fn random<const N: usize>() -> Result<[u8; N], VaultError> {
-    let mut b = [0u8; N];
-    SystemRandom::new().fill(&mut b).map_err(|_| VaultError::Random)?;
-    Ok(b)
+    crate::platform::random().map_err(|_| VaultError::Random)
 }
 
 impl Key {
