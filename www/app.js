@@ -102,7 +102,7 @@ function showGate(stored, device, model) {
       showStatus();
       // Tests and the benchmark (bench/web.mjs) call recommend() directly; only with #bench.
       if (location.hash.startsWith("#bench")) {
-        window.hearthBench = { recommend: (o) => hearth.recommend(o), enableGpu: () => hearth.enableGpu(), tunings: () => tunings, tune: () => { autoTune = true; scheduleTuning(); }, recommendCpu: (o) => hearth.recommendCpu(o), capabilities: () => hearth.capabilities() };
+        window.hearthBench = { recommend: (o) => hearth.recommend(o), recommendGpu: (o) => hearth.recommendGpu(o), scorerTimes: () => scorerTimes, enableGpu: () => hearth.enableGpu(), tunings: () => tunings, tune: () => { autoTune = true; scheduleTuning(); }, recommendCpu: (o) => hearth.recommendCpu(o), capabilities: () => hearth.capabilities() };
       }
       modelShard = model[3];
       await render();
@@ -116,7 +116,7 @@ function showGate(stored, device, model) {
       // The catalog moves to the GPU (WebGPU) after the first recommendations are on screen; until
       // then, and where there is no WebGPU, the CPU scores it (same results either way).
       if (navigator.gpu) {
-        hearth.enableGpu().then(gpuLabel).then(showStatus, () => {}).finally(() => { document.documentElement.dataset.gpu = hearth.capabilities().scorer; });
+        hearth.enableGpu().then(gpuLabel).then(chooseScorer).then(showStatus, () => {}).finally(() => { document.documentElement.dataset.gpu = hearth.capabilities().scorer; });
       } else {
         document.documentElement.dataset.gpu = hearth.capabilities().scorer;
       }
@@ -139,9 +139,35 @@ async function gpuLabel(info) {
   adapterName = info.adapter || [a?.vendor, a?.architecture].filter(Boolean).join(" ") || "unnamed adapter";
 }
 
+// The two scorers give the same lists, so the page keeps the faster: once WebGPU is up it times a
+// few lists on each, interleaved after one warm-up each, and keeps the lower median. (A software
+// adapter such as SwiftShader is many times slower than wasm SIMD on this catalog.)
+let scorerTimes = null; // { gpu, cpu } median ms per list, for the status line and the tests
+async function chooseScorer() {
+  const opts = { k: 10 };
+  await hearth.recommendGpu(opts);
+  hearth.recommendCpu(opts);
+  const gpu = [], cpu = [];
+  for (let i = 0; i < 5; i++) {
+    let t = performance.now();
+    await hearth.recommendGpu(opts);
+    gpu.push(performance.now() - t);
+    t = performance.now();
+    hearth.recommendCpu(opts);
+    cpu.push(performance.now() - t);
+  }
+  const median = (a) => a.sort((x, y) => x - y)[a.length >> 1];
+  scorerTimes = { gpu: median(gpu), cpu: median(cpu) };
+  hearth.useScorer(scorerTimes.gpu < scorerTimes.cpu ? "webgpu" : "cpu");
+}
+const ms = (v) => `${v < 10 ? v.toFixed(1) : Math.round(v)} ms`;
+
 function showStatus() {
   const c = hearth.capabilities();
-  const on = c.gpu ? `on the GPU (WebGPU, ${adapterName})` : "on the CPU (wasm SIMD)";
+  const t = scorerTimes;
+  const on = c.scorer === "webgpu" ? `on the GPU (WebGPU, ${adapterName}${t ? `: ${ms(t.gpu)} per list, the CPU took ${ms(t.cpu)}` : ""})`
+    : c.gpu && t ? `on the CPU (wasm SIMD: ${ms(t.cpu)} per list, faster than WebGPU on ${adapterName} at ${ms(t.gpu)})`
+    : "on the CPU (wasm SIMD)";
   const tuned = c.tuned ? ` · tuned to you on this device (${c.tuned.positives} films)`
     : c.droppedTuning != null ? ` · your on-device tuning was for model v${c.droppedTuning}, so it was set aside and is being redone for v${c.modelVersion}` : "";
   $("status").textContent = `Model v${c.modelVersion} · ${c.items.toLocaleString()} films · scored on this device, ${on}${tuned}`;

@@ -103,11 +103,13 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
     pub struct Hearth {
         engine: Rc<RefCell<Session>>,
         gpu: Rc<RefCell<Option<Rc<Gpu>>>>,
+        /// The page timed both scorers and the CPU was faster: `recommend` stays on it.
+        use_cpu: Rc<std::cell::Cell<bool>>,
     }
 
     impl Hearth {
         fn new(engine: Session) -> Hearth {
-            Hearth { engine: Rc::new(RefCell::new(engine)), gpu: Rc::default() }
+            Hearth { engine: Rc::new(RefCell::new(engine)), gpu: Rc::default(), use_cpu: Rc::default() }
         }
     }
 
@@ -268,35 +270,36 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             })
         }
 
-        /// Recommendations now: on the GPU once [`Hearth::enable_gpu`] succeeded (falling back to
-        /// the CPU for good if the device fails), on the CPU otherwise.
+        /// Recommendations now: on the GPU once [`Hearth::enable_gpu`] succeeded and unless the
+        /// page chose the CPU ([`Hearth::use_scorer`]; the lists are the same, only the speed
+        /// differs), falling back to the CPU for good if the device fails; on the CPU otherwise.
         #[wasm_bindgen(unchecked_return_type = "Promise<Recommendation[]>")]
         pub fn recommend(&self, #[wasm_bindgen(unchecked_param_type = "RecommendOptions | undefined")] opts: JsValue) -> js_sys::Promise {
-            let gpu = self.gpu.borrow().clone();
-            let prepared = parse_opts(opts).and_then(|opts| {
-                let query = self.engine.borrow().query(&opts).map_err(js_err)?;
-                Ok((opts, query))
-            });
-            let (opts, query) = match prepared {
-                Ok(p) => p,
-                Err(e) => return js_sys::Promise::reject(&e),
-            };
-            // Lists longer than the GPU selects (k above about 50) are scored on the CPU.
-            let Some(gpu) = gpu.filter(|_| query.candidates() <= MAX_GPU_K) else {
-                return match self.cpu_recommend(&opts) {
-                    Ok(v) => js_sys::Promise::resolve(&v),
-                    Err(e) => js_sys::Promise::reject(&e),
-                };
-            };
-            let (engine, slot) = (self.engine.clone(), self.gpu.clone());
-            wasm_bindgen_futures::future_to_promise(async move {
-                if let Some(done) = recommend_on(&gpu, &engine, &query, &opts).await {
-                    return done;
-                }
-                slot.borrow_mut().take();
-                let engine = engine.borrow();
-                to_js(&engine.recommend(&opts).map_err(js_err)?)
-            })
+            let gpu = self.gpu.borrow().clone().filter(|_| !self.use_cpu.get());
+            self.recommend_with(gpu, opts)
+        }
+
+        /// Recommendations scored on the WebGPU device whichever scorer is chosen (to time or
+        /// compare it); rejects (code `gpu`) before [`Hearth::enable_gpu`] succeeded.
+        #[wasm_bindgen(js_name = recommendGpu, unchecked_return_type = "Promise<Recommendation[]>")]
+        pub fn recommend_gpu(&self, #[wasm_bindgen(unchecked_param_type = "RecommendOptions | undefined")] opts: JsValue) -> js_sys::Promise {
+            match self.gpu.borrow().clone() {
+                Some(gpu) => self.recommend_with(Some(gpu), opts),
+                None => js_sys::Promise::reject(&coded("WebGPU is not enabled", "gpu")),
+            }
+        }
+
+        /// Chooses the scorer `recommend` uses: `"webgpu"` (needs [`Hearth::enable_gpu`]) or
+        /// `"cpu"`.
+        #[wasm_bindgen(js_name = useScorer)]
+        pub fn use_scorer(&self, scorer: &str) -> Result<(), JsValue> {
+            match scorer {
+                "cpu" => self.use_cpu.set(true),
+                "webgpu" if self.gpu.borrow().is_some() => self.use_cpu.set(false),
+                "webgpu" => return Err(coded("WebGPU is not enabled", "gpu")),
+                other => return Err(js_err(SessionError::BadInput(format!("unknown scorer {other:?} (webgpu or cpu)")))),
+            }
+            Ok(())
         }
 
         /// Recommendations now, computed on the CPU whatever the GPU state (synchronous).
@@ -353,7 +356,7 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
             let (v, n, d) = self.engine.borrow().model_info();
             let gpu = self.gpu.borrow().as_ref().map(|g| g.info.clone());
             let cpu = if cfg!(target_feature = "simd128") { "wasm-simd128" } else { "portable" };
-            let scorer = if gpu.is_some() { "webgpu" } else { cpu };
+            let scorer = if gpu.is_some() && !self.use_cpu.get() { "webgpu" } else { cpu };
             let tuned = self.engine.borrow().tuning().map(|(p, norm)| serde_json::json!({"positives": p, "norm": norm}));
             let dropped = self.engine.borrow().dropped_tuning();
             to_js(&serde_json::json!({"modelVersion": v, "items": n, "dim": d, "scorer": scorer, "gpu": gpu, "tuned": tuned, "droppedTuning": dropped}))
@@ -384,6 +387,33 @@ export interface GpuInfo { adapter: string; backend: string; kernel: "packed" | 
     }
 
     impl Hearth {
+        fn recommend_with(&self, gpu: Option<Rc<Gpu>>, opts: JsValue) -> js_sys::Promise {
+            let prepared = parse_opts(opts).and_then(|opts| {
+                let query = self.engine.borrow().query(&opts).map_err(js_err)?;
+                Ok((opts, query))
+            });
+            let (opts, query) = match prepared {
+                Ok(p) => p,
+                Err(e) => return js_sys::Promise::reject(&e),
+            };
+            // Lists longer than the GPU selects (k above about 50) are scored on the CPU.
+            let Some(gpu) = gpu.filter(|_| query.candidates() <= MAX_GPU_K) else {
+                return match self.cpu_recommend(&opts) {
+                    Ok(v) => js_sys::Promise::resolve(&v),
+                    Err(e) => js_sys::Promise::reject(&e),
+                };
+            };
+            let (engine, slot) = (self.engine.clone(), self.gpu.clone());
+            wasm_bindgen_futures::future_to_promise(async move {
+                if let Some(done) = recommend_on(&gpu, &engine, &query, &opts).await {
+                    return done;
+                }
+                slot.borrow_mut().take();
+                let engine = engine.borrow();
+                to_js(&engine.recommend(&opts).map_err(js_err)?)
+            })
+        }
+
         fn cpu_recommend(&self, opts: &RecommendOptions) -> Result<JsValue, JsValue> {
             to_js(&self.engine.borrow().recommend(opts).map_err(js_err)?)
         }
