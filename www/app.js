@@ -139,6 +139,18 @@ async function gpuLabel(info) {
   adapterName = info.adapter || [a?.vendor, a?.architecture].filter(Boolean).join(" ") || "unnamed adapter";
 }
 
+// Catalog rights (territories, availability windows, usage) are checked on this device against
+// the browser's locale and clock; nothing about them is sent anywhere.
+function territory() {
+  try {
+    const l = new Intl.Locale(navigator.language || "en");
+    return (l.region || l.maximize().region || "").toUpperCase() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+const availability = () => ({ territory: territory(), now: Date.now(), usage: "stream" });
+
 // The two scorers give the same lists, so the page keeps the faster: once WebGPU is up it times a
 // few lists on each, interleaved after one warm-up each, and keeps the lower median. (A software
 // adapter such as SwiftShader is many times slower than wasm SIMD on this catalog.)
@@ -358,7 +370,7 @@ async function render() {
   $("recs").setAttribute("aria-busy", "true");
   let recs;
   try {
-    recs = await hearth.recommend({ k: 10, diversity: Number($("diversity").value) });
+    recs = await hearth.recommend({ k: 10, diversity: Number($("diversity").value), ...availability() });
   } catch (e) {
     notice(explain(e));
     recs = null;

@@ -53,7 +53,10 @@ mod js {
     #[wasm_bindgen(typescript_custom_section)]
     const TS: &'static str = r#"
 /** Options of `Hearth.recommend`. */
-export interface RecommendOptions { k?: number; exclude?: string[]; diversity?: number; explore?: number; }
+export interface RecommendOptions { k?: number; exclude?: string[]; diversity?: number; explore?: number;
+  /** ISO 3166-1 alpha-2; items whose rights do not allow it are left out. */ territory?: string;
+  /** ms since 1970 (Date.now()); items outside their availability window are left out. */ now?: number;
+  /** e.g. "stream", "download", "remix". */ usage?: string; /** default 0.6 */ minTrust?: number; }
 /** One recommendation. */
 export interface Recommendation {
   id: string; title: string; matchPercent: number; score: number; reason: string;

@@ -58,8 +58,10 @@ fn malformed(file: &str, line: usize, message: impl Into<String>) -> DataError {
     DataError::Malformed { file: file.to_owned(), line, message: message.into() }
 }
 
+pub mod rights;
+
 /// One catalog item.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     /// External id as it appears in the data.
     pub id: String,
@@ -67,6 +69,13 @@ pub struct Item {
     pub title: String,
     /// Indices into [`Dataset::item_tags`] (genres, any multi-hot tags).
     pub tags: Vec<u32>,
+    /// Where, when and for what it may be offered ([`rights::Rights`]); `None`: no rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rights: Option<rights::Rights>,
+    /// Content quality / source reliability in [0, 1]; below the caller's minimum (default
+    /// [`rights::DEFAULT_MIN_TRUST`]) it is not recommended. `None`: not rated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<f32>,
 }
 
 /// One user (the dataset's view of a person; on a device there is exactly one).
@@ -275,7 +284,7 @@ impl Dataset {
                     return Err(malformed("u.item", line, format!("item {id} listed twice")));
                 }
                 debug_assert_eq!(idx as usize, item_meta.len());
-                item_meta.push(Item { id: id.to_owned(), title: fields[1].to_owned(), tags });
+                item_meta.push(Item { id: id.to_owned(), title: fields[1].to_owned(), tags, ..Default::default() });
             }
         }
         let items_listed = files.item.is_some();
@@ -330,7 +339,7 @@ impl Dataset {
                     return Err(malformed("u.data", line, format!("item {i} is not in u.item")));
                 }
                 None => {
-                    item_meta.push(Item { id: i.to_owned(), title: i.to_owned(), tags: vec![] });
+                    item_meta.push(Item { id: i.to_owned(), title: i.to_owned(), ..Default::default() });
                     items.get_or_insert(i)
                 }
             };
@@ -418,7 +427,7 @@ impl Dataset {
                     return Err(malformed(file, line, format!("item {i:?} is not in the item file")));
                 }
                 None => {
-                    item_meta.push(Item { id: i.to_owned(), title: i.to_owned(), tags: vec![] });
+                    item_meta.push(Item { id: i.to_owned(), title: i.to_owned(), ..Default::default() });
                     item_ids.get_or_insert(i)
                 }
             };
@@ -519,11 +528,11 @@ fn read_item_csv(
     }
     for row in rows {
         let (line, fields) = row?;
-        if !(2..=3).contains(&fields.len()) {
+        if !(2..=5).contains(&fields.len()) {
             return Err(malformed(
                 file,
                 line,
-                format!("expected `item,title[,tags]`, found {} columns", fields.len()),
+                format!("expected `item,title[,tags[,rights[,trust]]]`, found {} columns", fields.len()),
             ));
         }
         let id = fields[0].trim();
@@ -544,7 +553,15 @@ fn read_item_csv(
                 .collect(),
             None => vec![],
         };
-        meta.push(Item { id: id.to_owned(), title: fields[1].clone(), tags: item_tags });
+        let rights = match fields.get(3) {
+            Some(cell) => rights::Rights::parse(cell).map_err(|e| malformed(file, line, e))?,
+            None => None,
+        };
+        let trust = match fields.get(4) {
+            Some(cell) => rights::parse_trust(cell).map_err(|e| malformed(file, line, e))?,
+            None => None,
+        };
+        meta.push(Item { id: id.to_owned(), title: fields[1].clone(), tags: item_tags, rights, trust });
     }
     Ok(())
 }
@@ -1054,6 +1071,25 @@ mod tests {
         assert_eq!(split.test, vec![Heldout { user: 0, item: 2 }]);
         assert_eq!(split.train.len(), 3);
         assert_eq!(split.histories(2), vec![vec![0, 1], vec![0]]);
+    }
+
+    #[test]
+    fn an_items_csv_may_carry_rights_and_trust() {
+        let items = b"item,title,tags,rights,trust\na,Alpha,x,territories=CH;until=2027-01-01,0.9\nb,Beta,,,\nc,Gamma,y,,0.4\n";
+        let ds = Dataset::from_csv("plays.csv", b"user,item\nu,a\nu,b\nv,c\n", Some(("items.csv", items))).unwrap();
+        let by = |id: &str| ds.items.iter().find(|i| i.id == id).unwrap();
+        let a = by("a");
+        assert_eq!(a.rights.as_ref().unwrap().territories, ["CH"]);
+        assert_eq!(a.rights.as_ref().unwrap().until, Some(1_798_761_600_000));
+        assert_eq!(a.trust, Some(0.9));
+        assert_eq!((by("b").rights.clone(), by("b").trust), (None, None));
+        assert_eq!((by("c").rights.clone(), by("c").trust), (None, Some(0.4)));
+        // A served catalog without rules serializes as before.
+        assert_eq!(serde_json::to_string(by("b")).unwrap(), r#"{"id":"b","title":"Beta","tags":[]}"#);
+        for (cell, needle) in [("a,A,,region=CH,", "unknown rights rule"), ("a,A,,,2", "trust \"2\"")] {
+            let e = Dataset::from_csv("plays.csv", b"user,item\nu,a\n", Some(("items.csv", format!("item,title\n{cell}\n").as_bytes()))).unwrap_err();
+            assert!(e.to_string().contains("items.csv:2") && e.to_string().contains(needle), "{e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::artifact::Link;
 use crate::artifact::bundle::{BundleError, Catalog, ModelBundle, PersonInput, SERVED_ARCHITECTURE};
 use crate::person::history::{History, HistoryError, ItemSignal, KIND_NAMES, Kind, Tuning};
 use crate::artifact::shard::CatalogShard;
+use crate::data::rights;
 use crate::quant::CatalogView;
 use crate::device::rank::{RankConfig, RankInput, Reason, Source, rank};
 use crate::eval::Calibration;
@@ -155,6 +156,17 @@ pub struct RecommendOptions {
     pub diversity: Option<f32>,
     /// Share of exploration slots in [0, 1] (default 0.1).
     pub explore: Option<f32>,
+    /// The person's territory (ISO 3166-1 alpha-2, e.g. from the browser's locale): items whose
+    /// rights do not allow it are not recommended; without one, items with territory rules are not.
+    pub territory: Option<String>,
+    /// Now, in ms since the Unix epoch (the caller's clock): items outside their availability
+    /// window are not recommended; without it, items with a window are not.
+    pub now: Option<f64>,
+    /// The kind of use the list is for (`stream`, `download`, `remix`, …); unchecked when absent.
+    pub usage: Option<String>,
+    /// Items with a trust score below this are not recommended (default
+    /// [`rights::DEFAULT_MIN_TRUST`]; items without a score are).
+    pub min_trust: Option<f32>,
 }
 
 /// One recommendation, as the page shows it.
@@ -255,6 +267,8 @@ pub struct ServedModel {
     personal_trust: f32,
     model_version: u32,
     link: Link,
+    /// Items with rights or a trust score: the only ones the catalog rules can exclude.
+    restricted: Vec<u32>,
 }
 
 impl ServedModel {
@@ -285,6 +299,7 @@ impl ServedModel {
         let tower = UserTower::from_bundle(&bundle)?;
         let link = bundle.manifest.link().map_err(SessionError::Model)?;
         let catalog = bundle.catalog;
+        let restricted = catalog.items.iter().enumerate().filter(|(_, it)| it.rights.is_some() || it.trust.is_some()).map(|(i, _)| i as u32).collect();
         Ok(ServedModel {
             index: catalog.items.iter().enumerate().map(|(i, it)| (it.id.clone(), i as u32)).collect(),
             lower_titles: catalog.items.iter().map(|it| it.title.to_lowercase()).collect(),
@@ -296,6 +311,7 @@ impl ServedModel {
             personal_trust: bundle.manifest.personal_trust(),
             model_version: bundle.manifest.model_version,
             link,
+            restricted,
         })
     }
 
@@ -480,7 +496,8 @@ impl Session {
             return Err(SessionError::BadInput(format!("a user vector has {} values", self.model.shard.dim())));
         }
         let view = self.model.shard.view();
-        let excluded: HashSet<u32> = opts.exclude.iter().filter_map(|id| self.model.index.get(id).copied()).collect();
+        let mut excluded: HashSet<u32> = opts.exclude.iter().filter_map(|id| self.model.index.get(id).copied()).collect();
+        excluded.extend(self.unavailable(opts)?);
         let defaults = RankConfig::default();
         let cfg = RankConfig {
             k: query.k,
@@ -527,6 +544,34 @@ impl Session {
                         Source::Explore => "explore",
                     },
                 }
+            })
+            .collect())
+    }
+
+    /// Catalog items the catalog's rules keep off this list: not available in the caller's
+    /// territory, at the caller's time, for the caller's usage, or trusted below the minimum.
+    fn unavailable(&self, opts: &RecommendOptions) -> Result<Vec<u32>, SessionError> {
+        let min_trust = opts.min_trust.unwrap_or(rights::DEFAULT_MIN_TRUST);
+        if !(0.0..=1.0).contains(&min_trust) {
+            return Err(SessionError::BadInput("minTrust must be from 0 to 1".into()));
+        }
+        // An unknown time passes no window (i64::MIN is before every `from`).
+        let now = match opts.now {
+            Some(t) if t.is_finite() => t as i64,
+            Some(_) => return Err(SessionError::BadInput("now must be a time in ms".into())),
+            None => i64::MIN,
+        };
+        let (territory, usage) = (opts.territory.as_deref(), opts.usage.as_deref());
+        Ok(self
+            .model
+            .restricted
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let item = &self.model.catalog.items[i as usize];
+                let window_unknown = opts.now.is_none() && item.rights.as_ref().is_some_and(|r| r.from.is_some() || r.until.is_some());
+                let allowed = item.rights.as_ref().is_none_or(|r| r.allows(territory, now, usage)) && !window_unknown;
+                !allowed || item.trust.is_some_and(|t| t < min_trust)
             })
             .collect())
     }
@@ -765,5 +810,65 @@ mod tests {
         assert_eq!(e.record("1", "teleport", None, 2, None).err().map(|e| e.code()), Some("bad-input"));
         assert_eq!(e.recommend(&RecommendOptions { k: Some(0), ..Default::default() }).err().map(|e| e.code()), Some("bad-input"));
         assert_eq!(e.history().len(), 1, "nothing was lost");
+    }
+
+    /// A hand-made catalog: the committed model's, with rights and trust on the films the person
+    /// would be shown. Territory, time and usage come from the caller.
+    #[test]
+    fn catalog_rights_and_trust_keep_items_off_the_list() {
+        let mut f = files();
+        let picks = ["50", "172", "181", "174", "210"];
+        let list = |f: &Files, opts: &RecommendOptions| -> Vec<String> {
+            let mut e = open(f, None, Secret::DeviceKey([5; 32])).unwrap();
+            for (t, id) in picks.iter().enumerate() {
+                e.record(id, "rate", Some(5.0), t as i64, None).unwrap();
+            }
+            e.recommend(&RecommendOptions { k: Some(20), explore: Some(0.0), ..opts.clone() }).unwrap().into_iter().map(|r| r.id).collect()
+        };
+        let plain = list(&f, &RecommendOptions::default());
+        let (a, b, c, d, e) = (&plain[0], &plain[1], &plain[2], &plain[3], &plain[4]);
+        let mut catalog: serde_json::Value = serde_json::from_slice(&f.catalog).unwrap();
+        for item in catalog["items"].as_array_mut().unwrap() {
+            let id = item["id"].as_str().unwrap().to_owned();
+            let rule = |cell: &str| serde_json::to_value(crate::data::rights::Rights::parse(cell).unwrap()).unwrap();
+            if id == *a {
+                item["rights"] = rule("territories=CH,LI");
+            } else if id == *b {
+                item["rights"] = rule("exclude=CH");
+            } else if id == *c {
+                item["rights"] = rule("until=2020-01-01");
+            } else if id == *d {
+                item["trust"] = 0.3.into();
+            } else if id == *e {
+                item["trust"] = 0.9.into();
+                item["rights"] = rule("usage=download");
+            }
+        }
+        f.catalog = serde_json::to_vec(&catalog).unwrap();
+        let mut manifest: serde_json::Value = serde_json::from_slice(&f.manifest).unwrap();
+        manifest["files"]["catalog.json"] = crate::data::hex(crate::artifact::sha256(&f.catalog).as_ref()).into();
+        f.manifest = serde_json::to_vec(&manifest).unwrap();
+
+        let now = Some(1_767_225_600_000.0); // 2026-01-01
+        let ch = RecommendOptions { territory: Some("CH".into()), now, usage: Some("stream".into()), ..Default::default() };
+        let got = list(&f, &ch);
+        assert!(got.contains(a), "allowed in CH");
+        for (id, why) in [(b, "excluded in CH"), (c, "its window ended"), (d, "trust 0.3 < 0.6"), (e, "download only")] {
+            assert!(!got.contains(id), "{why}: {got:?}");
+        }
+        let us = list(&f, &RecommendOptions { territory: Some("us".into()), ..ch.clone() });
+        assert!(!us.contains(a) && us.contains(b), "{us:?}");
+        let lenient = list(&f, &RecommendOptions { min_trust: Some(0.2), usage: None, ..ch.clone() });
+        assert!(lenient.contains(d) && lenient.contains(e), "{lenient:?}");
+        let unknown = list(&f, &RecommendOptions::default());
+        for id in [a, b, c] {
+            assert!(!unknown.contains(id), "without territory and time, rules are honoured conservatively: {unknown:?}");
+        }
+        assert_eq!(
+            open(&f, None, Secret::DeviceKey([5; 32])).unwrap().recommend(&RecommendOptions { min_trust: Some(2.0), ..Default::default() }).err().map(|e| e.code()),
+            Some("bad-input")
+        );
+        // MovieLens items carry no rules: the caller's territory and time change nothing.
+        assert_eq!(list(&files(), &ch), plain);
     }
 }
