@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use hearth_core::data::rights::Rights;
-//! let r = Rights::parse("territories=CH,DE;until=2027-01-01;usage=stream").unwrap();
+//! let r = Rights::parse("territories=CH,DE;until=2027-01-01;usage=stream").unwrap().unwrap();
 //! let new_year_2026 = 1_767_225_600_000;
 //! assert!(r.allows(Some("CH"), new_year_2026, Some("stream")));
 //! assert!(!r.allows(Some("US"), new_year_2026, Some("stream")));

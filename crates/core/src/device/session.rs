@@ -758,8 +758,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_model_files_passphrases_and_input_are_typed_errors() {
-        let f = files();
+    fn a_damaged_stale_or_other_version_shard_is_refused() {
         let mut bad = files();
         let n = bad.shard.len();
         bad.shard[n / 2] ^= 1;
@@ -781,6 +780,10 @@ mod tests {
         let err = open(&stale, None, Secret::DeviceKey([1; 32])).err().unwrap();
         assert_eq!(err.code(), "shard", "{err}");
         assert!(err.to_string().contains("stale or replaced"), "{err}");
+    }
+
+    #[test]
+    fn damaged_parameters_and_an_unknown_link_are_refused() {
         let mut broken = files();
         broken.global[100] ^= 1;
         assert_eq!(open(&broken, None, Secret::DeviceKey([1; 32])).err().map(|e| e.code()), Some("model"));
@@ -798,7 +801,11 @@ mod tests {
         let mut old = open(&unknown, None, Secret::DeviceKey([1; 32])).unwrap();
         old.record("1", "like", None, 1, None).unwrap();
         assert_eq!(old.training_input().unwrap().link, Link::Exp);
+    }
 
+    #[test]
+    fn wrong_passphrases_damaged_histories_and_bad_input_are_typed_errors() {
+        let f = files();
         let mut e = open(&f, None, Secret::Passphrase("correct horse battery")).unwrap();
         e.record("1", "like", None, 1, None).unwrap();
         let sealed = e.sealed().unwrap();
