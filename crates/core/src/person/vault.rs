@@ -22,6 +22,8 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::{hmac, pbkdf2};
 
+use crate::codec::{Reader, Writer};
+
 /// Magic bytes of a sealed document.
 pub const VAULT_MAGIC: &[u8; 8] = b"HRTHVALT";
 /// Current sealed-document version.
@@ -156,57 +158,51 @@ struct Parsed<'a> {
 }
 
 fn parse(sealed: &[u8]) -> Result<Parsed<'_>, VaultError> {
-    if sealed.len() < 9 || &sealed[..8] != VAULT_MAGIC || sealed[8] != VAULT_VERSION {
+    let mut r = Reader::open(sealed, VAULT_MAGIC, usize::MAX).map_err(|_| VaultError::BadFormat)?;
+    if r.u8().ok() != Some(VAULT_VERSION) {
         return Err(VaultError::BadFormat);
     }
     if sealed.len() < HEADER {
         return Err(VaultError::Truncated);
     }
-    let arr16 = |at: usize| -> [u8; 16] { std::array::from_fn(|i| sealed[at + i]) };
-    let iterations = u32::from_le_bytes([sealed[10], sealed[11], sealed[12], sealed[13]]);
-    let kdf = match sealed[9] {
+    // The whole header is there (checked just above), so no read below can fail.
+    let short = |_| VaultError::Truncated;
+    let kind = r.u8().map_err(short)?;
+    let iterations = r.u32().map_err(short)?;
+    let salt = r.array::<16>().map_err(short)?;
+    let kdf = match kind {
         0 if iterations == 0 => Kdf::Device,
-        1 if (MIN_PBKDF2_ITERATIONS..=MAX_PBKDF2_ITERATIONS).contains(&iterations) => Kdf::Pbkdf2 { iterations, salt: arr16(14) },
+        1 if (MIN_PBKDF2_ITERATIONS..=MAX_PBKDF2_ITERATIONS).contains(&iterations) => Kdf::Pbkdf2 { iterations, salt },
         0 | 1 => return Err(VaultError::BadParameters),
         _ => return Err(VaultError::BadFormat),
     };
-    let check = arr16(30);
-    let doc = arr16(46);
-    let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| sealed[62 + i]);
-    let len_at = 62 + NONCE_LEN;
-    let len = u64::from_le_bytes(std::array::from_fn(|i| sealed[len_at + i]));
-    let rest = (sealed.len() - HEADER) as u64;
+    let check = r.array::<16>().map_err(short)?;
+    let doc = r.array::<16>().map_err(short)?;
+    let nonce = r.array::<NONCE_LEN>().map_err(short)?;
+    let len = u64::from_le_bytes(r.array::<8>().map_err(short)?);
+    let rest = r.remaining() as u64;
     if rest < len || len < TAG as u64 {
         return Err(if rest < len { VaultError::Truncated } else { VaultError::Tampered });
     }
     if rest > len {
         return Err(VaultError::Tampered);
     }
-    Ok(Parsed { kdf, check, doc, nonce, header: &sealed[..HEADER], body: &sealed[HEADER..] })
+    Ok(Parsed { kdf, check, doc, nonce, header: &sealed[..HEADER], body: r.rest() })
 }
 
 /// Seals `plain` for document `doc` under `key` with a fresh random nonce.
 pub fn seal(key: &Key, doc: DocId, plain: &[u8]) -> Result<Vec<u8>, VaultError> {
     let nonce: [u8; NONCE_LEN] = random()?;
-    let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
-    out.extend_from_slice(VAULT_MAGIC);
-    out.push(VAULT_VERSION);
-    match key.kdf {
-        Kdf::Device => {
-            out.push(0);
-            out.extend_from_slice(&0u32.to_le_bytes());
-            out.extend_from_slice(&[0u8; 16]);
-        }
-        Kdf::Pbkdf2 { iterations, salt } => {
-            out.push(1);
-            out.extend_from_slice(&iterations.to_le_bytes());
-            out.extend_from_slice(&salt);
-        }
-    }
-    out.extend_from_slice(&key.check());
-    out.extend_from_slice(&doc);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&((plain.len() + TAG) as u64).to_le_bytes());
+    let (kind, iterations, salt) = match key.kdf {
+        Kdf::Device => (0, 0, [0u8; 16]),
+        Kdf::Pbkdf2 { iterations, salt } => (1, iterations, salt),
+    };
+    let mut w = Writer::new(VAULT_MAGIC);
+    w.reserve(HEADER + plain.len() + TAG);
+    w.u8(VAULT_VERSION).u8(kind).u32(iterations).bytes(&salt).bytes(&key.check()).bytes(&doc).bytes(&nonce);
+    w.bytes(&((plain.len() + TAG) as u64).to_le_bytes());
+    let mut out = w.finish();
+    debug_assert_eq!(out.len(), HEADER);
     let mut body = plain.to_vec();
     key.aead()
         .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&out[..HEADER]), &mut body)
