@@ -3,6 +3,7 @@
 // are computed from it on this device. The only requests are for the app and the shared model.
 import init, { Hearth, HearthModel } from "/pkg/hearth_web.js";
 import * as store from "./storage.js";
+import "./egress.js";
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, { dataset, ...props } = {}, ...kids) => {
@@ -12,23 +13,39 @@ const el = (tag, { dataset, ...props } = {}, ...kids) => {
   return n;
 };
 
-// --- What left this device: every request, from the browser's own resource timing ----------
+// --- What left this device: every request that reached the network (egress.js) ----------------
+// This page's own requests, the training worker's (it posts them) and the service worker's (it
+// broadcasts them, and keeps the last few for a page that opens after it made them: the request
+// for this very page, when it answered it). Since this page opened; sizes are body bytes.
 const egress = [];
-function noteRequest(e) {
-  const url = new URL(e.name, location.href);
-  egress.push({ what: url.origin === location.origin ? url.pathname : url.href, sent: 0, received: e.transferSize || e.encodedBodySize || 0 });
+const egressIds = new Set();
+function noteRequest(row) {
+  if (egressIds.has(row.id) || row.at < performance.timeOrigin - 1) return;
+  egressIds.add(row.id);
+  egress.push(row);
+  egress.sort((a, b) => a.at - b.at);
   renderEgress();
 }
+let egressPainting = false;
 function renderEgress() {
   const body = $("egress");
-  if (!body) return;
-  body.replaceChildren(...egress.map((r) => el("tr", {}, el("td", { textContent: `GET ${r.what}` }),
-    el("td", { textContent: `${r.sent} B` }), el("td", { textContent: size(r.received) }))));
-  $("egress-count").textContent = String(egress.length);
+  if (!body || egressPainting) return;
+  egressPainting = true;
+  requestAnimationFrame(() => {
+    egressPainting = false;
+    body.replaceChildren(...egress.map((r) => el("tr", { dataset: { method: r.method, url: r.url, by: r.by, sent: r.sent ?? "", received: r.received ?? "" } },
+      el("td", { textContent: `${r.method} ${r.url}`, title: `made by ${r.by}` }), el("td", { textContent: r.by }),
+      el("td", { textContent: size(r.sent) }), el("td", { textContent: size(r.received) }))));
+    $("egress-count").textContent = String(egress.length);
+  });
 }
-const size = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(0)} KiB` : `${n} B`);
-noteRequest({ name: location.href, transferSize: performance.getEntriesByType("navigation")[0]?.transferSize || 0 });
-new PerformanceObserver((list) => list.getEntries().forEach(noteRequest)).observe({ type: "resource", buffered: true });
+const size = (n) => (n == null ? "not shown to the page" : n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(0)} KiB` : `${n} B`);
+self.hearthEgress.watch("page", noteRequest);
+new BroadcastChannel("hearth-egress").onmessage = ({ data }) => noteRequest(data);
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.addEventListener("message", ({ data }) => (data?.egress || []).forEach(noteRequest));
+  navigator.serviceWorker.controller?.postMessage({ egressSince: performance.timeOrigin });
+}
 
 // --- Messages ---------------------------------------------------------------------------------
 const MESSAGES = {
@@ -249,7 +266,7 @@ function scheduleTuning() {
 async function tune(input) {
   worker ??= new Worker("/train-worker.js", { type: "module" });
   const result = await new Promise((ok) => {
-    worker.onmessage = ({ data }) => ok(data);
+    worker.onmessage = ({ data }) => (data.egress ? noteRequest(data.egress) : ok(data));
     worker.onerror = (e) => ok({ ok: false, message: e.message });
     worker.postMessage({ shard: modelShard, start: input.start, positives: input.positives, link: input.link, backend: trainOn, steps: 40, seed });
   });

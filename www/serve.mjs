@@ -29,9 +29,15 @@ const TYPES = {
 // no plugins, no framing. The same policy is in index.html's <meta> for hosts that send no headers.
 export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; " +
   "img-src 'self' data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-const PAGE = new Set(["index.html", "app.js", "storage.js", "sw.js", "train-worker.js", "style.css", "icon.svg"]);
+const PAGE = new Set(["index.html", "app.js", "storage.js", "egress.js", "sw.js", "train-worker.js", "style.css", "icon.svg"]);
 const MODEL = new Set(["manifest.json", "global.bin", "catalog.json", "items.shard"]);
 const PKG = new Set(["hearth_web.js", "hearth_web_bg.wasm", "hearth_train.js", "hearth_train_bg.wasm"]);
+
+// A short text answer with its length (not chunked: a client counts exactly the body's bytes).
+function plain(res, status, text, headers = {}) {
+  const body = Buffer.from(`${text}\n`);
+  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": body.length, ...headers }).end(body);
+}
 
 export function start({ port = 8080, pkg, model, log = false } = {}) {
   const target = process.env.CARGO_TARGET_DIR || join(process.env.HOME || "", ".cache/hearth/target");
@@ -44,12 +50,12 @@ export function start({ port = 8080, pkg, model, log = false } = {}) {
     try {
       path = decodeURIComponent(new URL(req.url, "http://127.0.0.1").pathname);
     } catch {
-      res.writeHead(400, { "content-type": "text/plain" }).end("malformed URL");
+      plain(res, 400, "malformed URL");
       return;
     }
     let file = null;
     if (req.method !== "GET" && req.method !== "HEAD") {
-      res.writeHead(405, { allow: "GET, HEAD" }).end();
+      plain(res, 405, "method not allowed", { allow: "GET, HEAD" });
       return;
     }
     const name = path.split("/").pop();
@@ -58,7 +64,7 @@ export function start({ port = 8080, pkg, model, log = false } = {}) {
     else if (path === `/model/${name}` && MODEL.has(name)) file = join(modelDir, name);
     if (log) console.log(`${req.method} ${path}`);
     if (!file) {
-      res.writeHead(404, { "content-type": "text/plain" }).end("not found");
+      plain(res, 404, "not found");
       return;
     }
     try {
@@ -72,7 +78,7 @@ export function start({ port = 8080, pkg, model, log = false } = {}) {
       });
       res.end(req.method === "HEAD" ? undefined : body);
     } catch {
-      res.writeHead(404, { "content-type": "text/plain" }).end(`${path} is missing (run bash .ci/build-web.sh?)`);
+      plain(res, 404, `${path} is missing (run bash .ci/build-web.sh?)`);
     }
   });
   return new Promise((ok, fail) => {

@@ -3,6 +3,11 @@
 // (the catalog the page already has, the tower's vector, the positives' indices) and its output
 // (the tuned vector, the loss per step) stay on this device; the page seals the result.
 import init, { fineTune } from "/pkg/hearth_train.js";
+import "/egress.js";
+
+// This worker's own network requests (the module and its wasm, when no service worker fetched
+// them for it) go to the page's "What left this device" panel.
+self.hearthEgress.watch("training worker", (row) => self.postMessage({ egress: row }));
 
 let ready = null;
 self.onmessage = async ({ data }) => {

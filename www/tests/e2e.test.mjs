@@ -4,7 +4,7 @@
 // catalog and another model version's catalog are each refused with a clear message and the stored
 // history is left as it was; and no request the page makes carries the history.
 // Needs `bash .ci/build-web.sh` (the package) and apt chromium; .ci/test runs it.
-import { test, before, after } from "node:test";
+import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import { start } from "../serve.mjs";
@@ -39,78 +39,182 @@ async function rateFilm(page, title, stars) {
   await page.locator("#history li .title", { hasText: title }).first().waitFor();
 }
 
-test("rate five films, see ten recommendations with reasons, reload, nothing leaks", async () => {
-  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
-  const page = await context.newPage();
-  const requests = [];
-  page.on("request", (r) => requests.push({ url: r.url(), method: r.method(), body: r.postDataBuffer() }));
+// The browser's own network log for a context, every target (pages, their workers, service
+// workers): `sent` holds the requests that reached the network, `answered` those a service worker
+// answered instead (the page's side of what the service worker then fetched).
+function networkLog(context) {
+  const log = { sent: [], answered: [] };
+  context.on("requestfinished", async (r) => {
+    const response = await r.response();
+    const sizes = await r.sizes();
+    const url = new URL(r.url());
+    (response?.fromServiceWorker() ? log.answered : log.sent).push({ method: r.method(), url: url.pathname + url.search,
+      serviceWorker: Boolean(r.serviceWorker()), sent: sizes.requestBodySize, received: sizes.responseBodySize, body: r.postDataBuffer() });
+  });
+  return log;
+}
+
+// The "What left this device" panel, as the page shows it.
+const panelRows = (page) => page.$$eval("#egress tr", (trs) => trs.map((tr) => ({ ...tr.dataset })));
+
+// The panel and the network log agree: the same requests (method, URL, and whether the service
+// worker or the page/its worker made it), with the same body bytes sent and received. Where the
+// log has no size, a second source stands in: the log does not measure a worker's script as it is
+// fetched for the worker (the file the server serves does), nor a service worker's request body
+// (the page's request it forwarded has it). The only sizes the page cannot see are those of the
+// service worker's own scripts, fetched by the browser itself; the panel lists them, size not shown.
+async function assertPanelMatchesNetwork(page, log) {
+  const key = (r) => `${r.method} ${r.url} ${r.serviceWorker ? "(service worker)" : ""}`;
+  let rows = [];
+  const deadline = Date.now() + 10_000;
+  do {
+    await page.waitForTimeout(200);
+    rows = (await panelRows(page)).map((r) => ({ ...r, serviceWorker: r.by.includes("service worker") }));
+  } while (rows.length !== log.sent.length && Date.now() < deadline);
+  assert.deepEqual(rows.map(key).sort(), log.sent.map(key).sort(), "the panel lists every request of the network log, and only those");
+  assert.equal(await page.textContent("#egress-count"), String(log.sent.length));
+  const served = async (url) => (await (await fetch(new URL(url, server.url))).arrayBuffer()).byteLength;
+  const left = [...log.sent];
+  for (const row of rows) {
+    const [sent, received] = [Number(row.sent), row.received === "" ? null : Number(row.received)];
+    if (received === null) assert.equal(row.by, "browser, for the service worker", key(row));
+    let i = -1;
+    for (const [j, n] of left.entries()) {
+      if (key(n) !== key(row)) continue;
+      const sentAgrees = n.sent === sent || (n.sent <= 0 && row.serviceWorker && log.answered.some((a) => a.method === row.method && a.url === row.url && a.sent === sent));
+      const receivedAgrees = received === null || n.received === received || (n.received <= 0 && row.method === "GET" && (await served(row.url)) === received);
+      if (sentAgrees && receivedAgrees) { i = j; break; }
+    }
+    assert.ok(i >= 0, `${key(row)}: the panel says ${row.sent} B sent, ${row.received || "?"} B received; the network log: ${
+      log.sent.filter((n) => key(n) === key(row)).map((n) => `${n.sent} B sent, ${n.received} B received`).join("; ")}`);
+    left.splice(i, 1);
+  }
+  return rows;
+}
+
+// A person's first visit: a new history, five films rated, ten recommendations; the tests below
+// look at it one property at a time, in order (each needs the ones before).
+describe("a first visit, then a reload and a visit offline", () => {
+  let context, page, log;
   const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
+  const before5 = [];
+  before(async () => {
+    context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+    log = networkLog(context);
+    page = await context.newPage();
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(server.url);
+    await page.locator("#gate:not([hidden])").waitFor();
+    assert.equal(await page.textContent("#gate-title"), "Create your private history");
+    await unlock(page, PASS);
+    await page.locator("#app:not([hidden])").waitFor();
+    for (const f of FILMS) await rateFilm(page, f, 5);
+    await page.fill("#search", "");
+    await page.locator("#results li").first().waitFor({ state: "detached" });
+    await page.locator("#recs:not([aria-busy])").waitFor(); // the newest list, not one in flight
+  });
+  after(() => context?.close());
+
+  test("ten recommendations, none of them a rated film, most with a reason", async () => {
+    const recs = page.locator("#recs li");
+    await assert.doesNotReject(recs.nth(9).waitFor());
+    assert.equal(await recs.count(), 10);
+    const titles = await page.locator("#recs li .title").allTextContents();
+    const reasons = await page.locator("#recs li .reason").allTextContents();
+    const matches = await page.locator("#recs li .match").allTextContents();
+    assert.ok(titles.every((t) => !FILMS.includes(t)), titles.join(" | "));
+    assert.ok(reasons.filter((r) => r.startsWith("Because you liked ")).length >= 8, reasons.join(" | "));
+    assert.ok(matches.every((m) => /^\d{1,3}% match$/.test(m)), matches.join(" | "));
+    await page.waitForFunction((n) => Number(document.documentElement.dataset.saves) >= n, FILMS.length + 1);
+    await page.locator("html[data-gpu]").waitFor({ state: "attached" });
+    await page.screenshot({ path: new URL("../screenshot.png", import.meta.url).pathname, fullPage: false });
+  });
+
+  test("IndexedDB holds only sealed bytes: no title, no item id of the rated films", async () => {
+    const raw = await page.evaluate(async () => {
+      const db = await new Promise((ok, fail) => { const r = indexedDB.open("hearth"); r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); });
+      const all = await new Promise((ok) => { const r = db.transaction("vault").objectStore("vault").getAll(); r.onsuccess = () => ok(r.result); });
+      return all.map((v) => (typeof v === "string" ? v : Array.from(new Uint8Array(v))));
+    });
+    const bytes = Buffer.concat(raw.map((v) => (typeof v === "string" ? Buffer.from(v) : Buffer.from(v))));
+    assert.ok(bytes.length > 500, `a sealed history is stored (${bytes.length} bytes)`);
+    for (const needle of [...FILMS, "Star Wars", "\"item\":\"50\"", "rate"]) assert.ok(!bytes.includes(needle), `IndexedDB holds ${needle}`);
+  });
+
+  test("\"What left this device\" lists what the browser's network log shows: the page's, the training worker's and the service worker's requests", async () => {
+    // The five films are tuned into the person's embedding by the training worker (its module and
+    // wasm come through the service worker, which by now controls the page).
+    await page.locator("html[data-tuned]").waitFor({ state: "attached", timeout: 120_000 });
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    // A request with a body (the server refuses it): its bytes sent are counted.
+    assert.equal(await page.evaluate(() => fetch("/model/manifest.json", { method: "POST", body: "x".repeat(1234) }).then((r) => r.status)), 405);
+    const rows = await assertPanelMatchesNetwork(page, log);
+    const by = (who) => rows.filter((r) => r.by === who).map((r) => r.url);
+    assert.ok(by("page").includes("/pkg/hearth_web_bg.wasm"), "the page's first load, before the service worker");
+    assert.ok(by("service worker").includes("/pkg/hearth_train_bg.wasm"), "the training worker's wasm, fetched through the service worker");
+    assert.ok(by("service worker").includes("/model/items.shard"), "the service worker's install-time downloads");
+    assert.deepEqual(by("browser, for the service worker").sort(), ["/egress.js", "/sw.js"]);
+    assert.ok(rows.some((r) => r.method === "POST" && r.sent === "1234"), JSON.stringify(rows.filter((r) => r.method !== "GET")));
+  });
+
+  test("every request but that test's POST: a GET of the app or the shared model, no body, nothing personal in its URL", async () => {
+    const requests = [...log.sent, ...log.answered].filter((r) => !(r.method === "POST" && r.url === "/model/manifest.json"));
+    assert.ok(requests.length >= 6);
+    for (const r of requests) {
+      assert.equal(r.method, "GET", r.url);
+      assert.ok(!r.body || r.body.length === 0, r.url);
+      assert.match(r.url, /^\/(|app\.js|storage\.js|egress\.js|style\.css|icon\.svg|sw\.js|train-worker\.js|pkg\/hearth_(web|train)(\.js|_bg\.wasm)|model\/(manifest\.json|global\.bin|catalog\.json|items\.shard))$/, r.url);
+    }
+  });
+
+  test("a reload: a wrong passphrase is refused, the right one opens the same history; the panel starts again and still agrees", async () => {
+    before5.push(...(await page.locator("#history li .title").allTextContents()));
+    assert.equal(before5.length, FILMS.length);
+    log.sent.length = 0;
+    log.answered.length = 0;
+    await page.reload();
+    await page.locator("#gate:not([hidden])").waitFor();
+    assert.equal(await page.textContent("#gate-title"), "Welcome back");
+    await unlock(page, "not the passphrase");
+    await page.locator("#gate-error:not([hidden])").waitFor();
+    assert.match(await page.textContent("#gate-error"), /does not open this history/);
+    await unlock(page, PASS);
+    await page.locator("#app:not([hidden])").waitFor();
+    assert.deepEqual(await page.locator("#history li .title").allTextContents(), before5);
+    assert.deepEqual(await page.locator("#recs li .title").count(), 10);
+    // Controlled by the service worker now: it made every request (this page's own included).
+    const rows = await assertPanelMatchesNetwork(page, log);
+    assert.ok(rows.some((r) => r.url === "/" && r.by === "service worker"), "the request for the page itself");
+  });
+
+  test("offline after the first load: the service worker serves the app and the model, nothing leaves", async () => {
+    await context.setOffline(true);
+    await page.reload();
+    await page.locator("#gate:not([hidden])").waitFor();
+    await unlock(page, PASS);
+    await page.locator("#recs li").nth(9).waitFor();
+    assert.deepEqual(await page.locator("#history li .title").allTextContents(), before5);
+    assert.deepEqual(await panelRows(page), [], "offline, nothing reached the network");
+    await context.setOffline(false);
+    assert.deepEqual(errors, []);
+  });
+});
+
+test("with no service worker, the training worker's own requests are in the panel, as in the network log", async () => {
+  const context = await browser.newContext({ serviceWorkers: "block" });
+  const log = networkLog(context);
+  const page = await context.newPage();
   await page.goto(server.url);
   await page.locator("#gate:not([hidden])").waitFor();
-  assert.equal(await page.textContent("#gate-title"), "Create your private history");
   await unlock(page, PASS);
   await page.locator("#app:not([hidden])").waitFor();
-  for (const f of FILMS) await rateFilm(page, f, 5);
-  await page.fill("#search", "");
-  await page.locator("#results li").first().waitFor({ state: "detached" });
-  await page.locator("#recs:not([aria-busy])").waitFor(); // the newest list, not one in flight
-  const recs = page.locator("#recs li");
-  await assert.doesNotReject(recs.nth(9).waitFor());
-  assert.equal(await recs.count(), 10);
-  const titles = await page.locator("#recs li .title").allTextContents();
-  const reasons = await page.locator("#recs li .reason").allTextContents();
-  const matches = await page.locator("#recs li .match").allTextContents();
-  assert.ok(titles.every((t) => !FILMS.includes(t)), titles.join(" | "));
-  assert.ok(reasons.filter((r) => r.startsWith("Because you liked ")).length >= 8, reasons.join(" | "));
-  assert.ok(matches.every((m) => /^\d{1,3}% match$/.test(m)), matches.join(" | "));
-  await page.waitForFunction((n) => Number(document.documentElement.dataset.saves) >= n, FILMS.length + 1);
-  await page.locator("html[data-gpu]").waitFor({ state: "attached" });
-  await page.screenshot({ path: new URL("../screenshot.png", import.meta.url).pathname, fullPage: false });
-
-  // IndexedDB holds only sealed bytes: no title, no item id of the rated films.
-  const raw = await page.evaluate(async () => {
-    const db = await new Promise((ok, fail) => { const r = indexedDB.open("hearth"); r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); });
-    const all = await new Promise((ok) => { const r = db.transaction("vault").objectStore("vault").getAll(); r.onsuccess = () => ok(r.result); });
-    return all.map((v) => (typeof v === "string" ? v : Array.from(new Uint8Array(v))));
-  });
-  const bytes = Buffer.concat(raw.map((v) => (typeof v === "string" ? Buffer.from(v) : Buffer.from(v))));
-  assert.ok(bytes.length > 500, `a sealed history is stored (${bytes.length} bytes)`);
-  for (const needle of [...FILMS, "Star Wars", "\"item\":\"50\"", "rate"]) assert.ok(!bytes.includes(needle), `IndexedDB holds ${needle}`);
-
-  // Reload: the history is still there once unlocked; a wrong passphrase is refused first.
-  const before = await page.locator("#history li .title").allTextContents();
-  await page.reload();
-  await page.locator("#gate:not([hidden])").waitFor();
-  assert.equal(await page.textContent("#gate-title"), "Welcome back");
-  await unlock(page, "not the passphrase");
-  await page.locator("#gate-error:not([hidden])").waitFor();
-  assert.match(await page.textContent("#gate-error"), /does not open this history/);
-  await unlock(page, PASS);
-  await page.locator("#app:not([hidden])").waitFor();
-  assert.deepEqual(await page.locator("#history li .title").allTextContents(), before);
-  assert.deepEqual(await page.locator("#recs li .title").count(), 10);
-
-  // Every request: GETs of the app and the shared model, no bodies, nothing personal in URLs.
-  assert.ok(requests.length >= 6);
-  for (const r of requests) {
-    const path = new URL(r.url).pathname;
-    assert.equal(r.method, "GET", r.url);
-    assert.ok(!r.body || r.body.length === 0, r.url);
-    assert.match(path, /^\/(|app\.js|storage\.js|style\.css|icon\.svg|sw\.js|train-worker\.js|pkg\/hearth_(web|train)(\.js|_bg\.wasm)|model\/(manifest\.json|global\.bin|catalog\.json|items\.shard))$/, r.url);
-    assert.equal(new URL(r.url).search, "", r.url);
-  }
-  assert.deepEqual(errors, []);
-
-  // Offline after the first load: the service worker serves the app and the model.
-  await page.evaluate(() => navigator.serviceWorker.ready);
-  await context.setOffline(true);
-  await page.reload();
-  await page.locator("#gate:not([hidden])").waitFor();
-  await unlock(page, PASS);
-  await page.locator("#recs li").nth(9).waitFor();
-  assert.deepEqual(await page.locator("#history li .title").allTextContents(), before);
-  await context.setOffline(false);
+  for (const f of FILMS.slice(0, 3)) await rateFilm(page, f, 5);
+  await page.locator("html[data-tuned]").waitFor({ state: "attached", timeout: 120_000 });
+  assert.equal(await page.evaluate(() => fetch("/model/global.bin", { method: "PUT", body: new Uint8Array(4321) }).then((r) => r.status)), 405);
+  const rows = await assertPanelMatchesNetwork(page, log);
+  assert.ok(rows.some((r) => r.by === "page" && r.method === "PUT" && r.sent === "4321"), JSON.stringify(rows.filter((r) => r.method !== "GET")));
+  assert.deepEqual(rows.filter((r) => r.by === "training worker").map((r) => r.url).sort(), ["/pkg/hearth_train_bg.wasm"]);
+  assert.ok(rows.some((r) => r.by === "page" && r.url === "/train-worker.js"), "the worker's script, fetched for the page");
   await context.close();
 });
 
