@@ -229,26 +229,43 @@ impl Writer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn frames_refuse_what_they_should() {
+    fn framed() -> Vec<u8> {
         let mut w = Writer::new(b"HRTHTEST");
         w.u8(1).u16(2).u32(3).f32s(&[1.5]).string("é");
-        let bytes = w.finish_sha256();
+        w.finish_sha256()
+    }
+
+    #[test]
+    fn too_large_and_another_magic_are_refused_first() {
+        let bytes = framed();
         assert_eq!(Reader::open(&bytes, b"HRTHTEST", 10).err(), Some(CodecError::TooLarge { size: bytes.len(), limit: 10 }));
         assert_eq!(Reader::open(&bytes, b"HRTHXXXX", 1 << 20).err(), Some(CodecError::BadMagic));
         assert_eq!(Reader::open(&bytes[..4], b"HRTHTEST", 1 << 20).err(), Some(CodecError::BadMagic));
+    }
+
+    #[test]
+    fn what_was_written_reads_back_and_reading_past_the_end_is_malformed() {
+        let bytes = framed();
         let mut r = Reader::open(&bytes, b"HRTHTEST", 1 << 20).unwrap().checked_sha256(0).unwrap();
         assert_eq!((r.u8(), r.u16(), r.u32(), r.f32s(1), r.string()), (Ok(1), Ok(2), Ok(3), Ok(vec![1.5]), Ok("é".into())));
         assert_eq!(r.end("x"), Ok(()));
         assert_eq!(r.u8(), Err(CodecError::Malformed("unexpected end of input")));
+    }
+
+    #[test]
+    fn any_flipped_bit_after_the_magic_fails_the_checksum_and_a_cut_trailer_is_refused() {
+        let bytes = framed();
         for i in 8..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 1;
             assert_eq!(Reader::open(&b, b"HRTHTEST", 1 << 20).unwrap().checked_sha256(0).err(), Some(CodecError::Checksum), "flip at {i}");
         }
         assert!(Reader::open(&bytes[..39], b"HRTHTEST", 1 << 20).unwrap().checked_sha256(0).is_err());
-        let mut r = Reader::new(&[0xff, 0xff, 1]);
-        assert!(r.string().is_err(), "a length beyond the input is refused before allocating");
+    }
+
+    #[test]
+    fn a_length_beyond_the_input_is_refused_before_allocating() {
+        assert!(Reader::new(&[0xff, 0xff, 1]).string().is_err());
         assert!(Reader::new(&[]).f32s(usize::MAX).is_err());
     }
 }

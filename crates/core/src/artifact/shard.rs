@@ -264,39 +264,53 @@ mod tests {
         body
     }
 
-    #[test]
-    fn distinct_errors_for_each_kind_of_damage() {
-        let s = sample(4, 8, 4);
-        let bytes = s.encode();
+    /// A small shard's bytes without their SHA-256 trailer, and the offsets of its first row and
+    /// first scale.
+    fn body() -> (Vec<u8>, usize, usize) {
+        let bytes = sample(4, 8, 4).encode();
         let body = bytes[..bytes.len() - 32].to_vec();
+        let first_row = body.len() - 4 * 8;
+        (body, first_row, first_row - 4 * 4)
+    }
+
+    #[test]
+    fn too_large_another_magic_another_version_and_a_flipped_bit_are_distinct_errors() {
+        let bytes = sample(4, 8, 4).encode();
         assert_eq!(CatalogShard::decode_with_limit(&bytes, 10), Err(ShardError::TooLarge { size: bytes.len(), limit: 10 }));
         assert_eq!(CatalogShard::decode(b"HRTHTNSR\x01\0\0\0"), Err(ShardError::BadMagic));
-        let mut v2 = body.clone();
+        let mut v2 = body().0;
         v2[8] = 2;
         assert_eq!(CatalogShard::decode(&reseal(v2)), Err(ShardError::UnsupportedVersion(2)));
         let mut flipped = bytes.clone();
         let last = bytes.len() - 40;
         flipped[last] ^= 1;
         assert_eq!(CatalogShard::decode(&flipped), Err(ShardError::Checksum));
-        // A row value of -128.
+    }
+
+    #[test]
+    fn a_row_value_of_minus_128_or_a_nan_scale_is_invalid() {
+        let (body, first_row, first_scale) = body();
         let mut neg = body.clone();
-        let first_row = body.len() - 4 * 8;
         neg[first_row] = 0x80;
         assert!(matches!(CatalogShard::decode(&reseal(neg)), Err(ShardError::Invalid(QuantError::OutOfRange { index: 0 }))));
-        // A NaN scale.
-        let mut nan = body.clone();
-        let first_scale = first_row - 4 * 4;
+        let mut nan = body;
         nan[first_scale..first_scale + 4].copy_from_slice(&f32::NAN.to_le_bytes());
         assert!(matches!(CatalogShard::decode(&reseal(nan)), Err(ShardError::Invalid(QuantError::BadScale { index: 0, .. }))));
-        // A count far beyond the bytes present: refused before allocating.
+    }
+
+    #[test]
+    fn a_count_beyond_the_bytes_present_is_refused_before_allocating_and_trailing_bytes_are_malformed() {
+        let (body, _, _) = body();
         let mut huge = body.clone();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(CatalogShard::decode(&reseal(huge)), Err(ShardError::Malformed("item count exceeds what the file holds")));
-        // Trailing bytes.
-        let mut trailing = body.clone();
+        let mut trailing = body;
         trailing.push(0);
         assert_eq!(CatalogShard::decode(&reseal(trailing)), Err(ShardError::Malformed("trailing bytes after the rows")));
-        // Duplicate ids.
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
         let dup = CatalogShard::from_parts("1", vec!["a".into(), "a".into()], 1, vec![1.0, 1.0], vec![1, 2]);
         assert_eq!(dup, Err(QuantError::DuplicateId("a".into())));
     }

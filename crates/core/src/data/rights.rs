@@ -156,9 +156,13 @@ mod tests {
     }
 
     #[test]
-    fn rules_parse_and_apply() {
+    fn an_empty_rules_cell_is_no_rules() {
         assert_eq!(Rights::parse(""), Ok(None));
         assert_eq!(Rights::parse(" ; "), Ok(None));
+    }
+
+    #[test]
+    fn territory_window_and_usage_rules_apply_as_written() {
         let r = Rights::parse("exclude=us, ca; from=2026-06-01; usage=Stream").unwrap().unwrap();
         assert_eq!((r.excluded.clone(), r.usage.clone()), (vec!["US".to_owned(), "CA".into()], vec!["stream".to_owned()]));
         let june = parse_time("2026-06-01").unwrap();
@@ -167,14 +171,28 @@ mod tests {
         assert!(!r.allows(Some("US"), june, Some("stream")));
         assert!(!r.allows(None, june, None), "an unknown territory passes no territory rule");
         assert!(r.allows(Some("CH"), june, None), "no usage asked: not checked");
+    }
+
+    #[test]
+    fn until_is_exclusive_and_a_window_alone_ignores_the_territory() {
         let w = Rights::parse("until=2026-01-01").unwrap().unwrap();
         assert!(!w.allows(Some("CH"), parse_time("2026-01-01").unwrap(), None), "until is exclusive");
         assert!(w.allows(None, 0, None));
+    }
+
+    #[test]
+    fn malformed_rules_are_errors() {
         for bad in ["territories", "territories=", "territories=CHE", "region=CH", "from=2027-01-01;until=2026-01-01", "usage=,"] {
             assert!(Rights::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn trust_is_a_number_in_zero_one_or_empty() {
         assert_eq!(parse_trust(" 0.75 "), Ok(Some(0.75)));
         assert_eq!(parse_trust(""), Ok(None));
-        assert!(parse_trust("1.5").is_err() && parse_trust("high").is_err() && parse_trust("NaN").is_err());
+        for bad in ["1.5", "high", "NaN", "-0.1"] {
+            assert!(parse_trust(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -50,9 +50,14 @@ pub struct RankConfig {
     pub personal_trust: f32,
 }
 
+impl RankConfig {
+    /// The defaults (also `RankConfig::default()`), usable in constants.
+    pub const DEFAULT: RankConfig = RankConfig { k: 10, diversity: 0.3, explore: 0.1, seed: 0, rrf_k: 60.0, warm_history: 10, personal_trust: 1.0 };
+}
+
 impl Default for RankConfig {
     fn default() -> Self {
-        RankConfig { k: 10, diversity: 0.3, explore: 0.1, seed: 0, rrf_k: 60.0, warm_history: 10, personal_trust: 1.0 }
+        Self::DEFAULT
     }
 }
 
@@ -305,88 +310,138 @@ mod tests {
         s / c.max(1) as f32
     }
 
+    /// The ranking tests' scene: 2000 items in 8 clusters, a person whose 30 history items are all
+    /// in cluster 0, their top 60 candidates, an arbitrary popularity order, 3 excluded items.
+    struct Scene {
+        shard: CatalogShard,
+        user: Vec<f32>,
+        cands: Vec<Hit>,
+        popular: Vec<u32>,
+        history: Vec<u32>,
+        seen: HashSet<u32>,
+        excluded: HashSet<u32>,
+    }
+
+    impl Scene {
+        fn new() -> Self {
+            let (shard, user) = catalog(2000, 16, 8, 1);
+            let cands = personal(shard.view(), &user, 60);
+            let history: Vec<u32> = (0..30).map(|i| i * 8).collect();
+            let seen = history.iter().copied().collect();
+            let excluded = cands.iter().take(3).map(|h| h.index).collect();
+            Scene { shard, user, cands, popular: (0..2000).rev().collect(), history, seen, excluded }
+        }
+
+        fn input(&self) -> RankInput<'_> {
+            RankInput {
+                view: self.shard.view(),
+                user: &self.user,
+                personal: &self.cands,
+                popular: &self.popular,
+                history: &self.history,
+                seen: &self.seen,
+                excluded: &self.excluded,
+                calibration: Calibration::default(),
+            }
+        }
+    }
+
+    const PLAIN: RankConfig = RankConfig { diversity: 0.0, explore: 0.0, ..RankConfig::DEFAULT };
+
+    fn ids(list: &[Ranked]) -> Vec<u32> {
+        list.iter().map(|r| r.index).collect()
+    }
+
     #[test]
-    fn exclusions_fusion_diversity_exploration_and_reasons() {
-        let (shard, user) = catalog(2000, 16, 8, 1);
-        let view = shard.view();
-        let cands = personal(view, &user, 60);
-        let popular: Vec<u32> = (0..2000).rev().collect(); // an arbitrary popularity order
-        let history: Vec<u32> = (0..30).map(|i| i * 8).collect(); // all in cluster 0
-        let seen: HashSet<u32> = history.iter().copied().collect();
-        let excluded: HashSet<u32> = cands.iter().take(3).map(|h| h.index).collect();
-        let input = RankInput {
-            view,
-            user: &user,
-            personal: &cands,
-            popular: &popular,
-            history: &history,
-            seen: &seen,
-            excluded: &excluded,
-            calibration: Calibration::default(),
-        };
-        let plain = RankConfig { diversity: 0.0, explore: 0.0, ..RankConfig::default() };
-        let list = rank(&input, &plain).unwrap();
-        assert_eq!(list.len(), 10);
-        let ids: Vec<u32> = list.iter().map(|r| r.index).collect();
-        assert!(ids.iter().all(|i| !seen.contains(i) && !excluded.contains(i)), "exclusions hold");
+    fn the_list_holds_ten_distinct_items_none_seen_or_excluded_all_from_the_persons_cluster() {
+        let scene = Scene::new();
+        let ids = ids(&rank(&scene.input(), &PLAIN).unwrap());
+        assert_eq!(ids.len(), 10);
+        assert!(ids.iter().all(|i| !scene.seen.contains(i) && !scene.excluded.contains(i)), "exclusions hold");
         assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 10, "no duplicates");
         // With 30 history items the personal list dominates: all from the person's cluster.
         assert!(ids.iter().all(|i| i % 8 == 0), "{ids:?}");
-        // Reasons point at the closest history item.
+    }
+
+    #[test]
+    fn each_reason_names_the_closest_history_item_and_confidence_follows_the_score() {
+        let scene = Scene::new();
+        let view = scene.shard.view();
+        let list = rank(&scene.input(), &PLAIN).unwrap();
         for r in &list {
             let Reason::Similar { item, similarity } = r.reason else { panic!("{r:?}") };
             let row = view.row(r.index as usize);
-            let best = history.iter().map(|&h| cosine(row, norm(row), view.row(h as usize), norm(view.row(h as usize)))).fold(f32::MIN, f32::max);
+            let best = scene.history.iter().map(|&h| cosine(row, norm(row), view.row(h as usize), norm(view.row(h as usize)))).fold(f32::MIN, f32::max);
             assert_eq!(similarity, best);
-            assert!(history.contains(&item));
+            assert!(scene.history.contains(&item));
         }
-        // Confidence follows the score.
         for w in list.windows(2) {
             assert_eq!(w[0].score > w[1].score, w[0].confidence > w[1].confidence);
         }
+    }
 
-        // Diversity: a higher λ spreads the list over more clusters.
-        let diverse = rank(&input, &RankConfig { diversity: 0.7, explore: 0.0, ..plain }).unwrap();
-        let d_ids: Vec<u32> = diverse.iter().map(|r| r.index).collect();
-        assert!(mean_pairwise_cosine(view, &d_ids) < mean_pairwise_cosine(view, &ids) - 0.1);
+    #[test]
+    fn diversity_spreads_the_list_over_more_clusters() {
+        let scene = Scene::new();
+        let view = scene.shard.view();
+        let plain = ids(&rank(&scene.input(), &PLAIN).unwrap());
+        let diverse = ids(&rank(&scene.input(), &RankConfig { diversity: 0.7, ..PLAIN }).unwrap());
+        assert!(mean_pairwise_cosine(view, &diverse) < mean_pairwise_cosine(view, &plain) - 0.1);
+    }
 
-        // Exploration: one slot of ten, from beyond the top 3k, reproducible per seed.
-        let cfg = RankConfig { diversity: 0.0, explore: 0.1, seed: 5, ..plain };
+    #[test]
+    fn exploration_fills_one_late_slot_from_beyond_the_top_reproducibly_per_seed() {
+        let scene = Scene::new();
+        let input = scene.input();
+        let plain = ids(&rank(&input, &PLAIN).unwrap());
+        let cfg = RankConfig { explore: 0.1, seed: 5, ..PLAIN };
         let a = rank(&input, &cfg).unwrap();
         let explore: Vec<&Ranked> = a.iter().filter(|r| r.source == Source::Explore).collect();
         assert_eq!(explore.len(), 1);
         assert_eq!(explore[0].reason, Reason::Explore);
         assert!(a.iter().position(|r| r.source == Source::Explore).unwrap() >= 4);
-        assert!(!ids.contains(&explore[0].index));
+        assert!(!plain.contains(&explore[0].index));
         assert_eq!(rank(&input, &cfg).unwrap(), a, "same seed, same list");
         let others: HashSet<u32> = (0..20)
             .map(|s| rank(&input, &RankConfig { seed: s, ..cfg }).unwrap())
             .flat_map(|l| l.into_iter().filter(|r| r.source == Source::Explore).map(|r| r.index))
             .collect();
         assert!(others.len() > 5, "seeds draw different items: {others:?}");
+    }
 
-        // A new person (no history): the popular order, with a popular reason.
-        let fresh = RankInput { history: &[], seen: &HashSet::new(), ..input };
-        let cold = rank(&fresh, &plain).unwrap();
-        let want: Vec<u32> = popular.iter().copied().filter(|i| !excluded.contains(i)).take(10).collect();
-        assert_eq!(cold.iter().map(|r| r.index).collect::<Vec<_>>(), want);
+    #[test]
+    fn a_new_person_gets_the_popular_order_with_a_popular_reason() {
+        let scene = Scene::new();
+        let fresh = RankInput { history: &[], seen: &HashSet::new(), ..scene.input() };
+        let cold = rank(&fresh, &PLAIN).unwrap();
+        let want: Vec<u32> = scene.popular.iter().copied().filter(|i| !scene.excluded.contains(i)).take(10).collect();
+        assert_eq!(ids(&cold), want);
         assert!(cold.iter().all(|r| r.reason == Reason::Popular && r.source != Source::Personal));
+    }
 
-        // A model its manifest marks as weak (it did not beat most-popular on validation): the
-        // same history leans on the popular list; no trust at all gives the popular order.
+    #[test]
+    fn a_weak_model_leans_on_the_popular_list_and_no_trust_gives_its_order() {
+        // A model its manifest marks as weak (it did not beat most-popular on validation).
+        let scene = Scene::new();
+        let input = scene.input();
         let popular_share = |trust: f32| {
-            let l = rank(&input, &RankConfig { personal_trust: trust, ..plain }).unwrap();
+            let l = rank(&input, &RankConfig { personal_trust: trust, ..PLAIN }).unwrap();
             l.iter().filter(|r| r.source == Source::Popular).count()
         };
         assert_eq!(popular_share(1.0), 0);
         assert!(popular_share(0.5) >= 3, "{}", popular_share(0.5));
-        let none = rank(&input, &RankConfig { personal_trust: 0.0, ..plain }).unwrap();
-        let want: Vec<u32> = popular.iter().copied().filter(|i| !excluded.contains(i) && !seen.contains(i)).take(10).collect();
-        assert_eq!(none.iter().map(|r| r.index).collect::<Vec<_>>(), want);
+        let none = rank(&input, &RankConfig { personal_trust: 0.0, ..PLAIN }).unwrap();
+        let want: Vec<u32> =
+            scene.popular.iter().copied().filter(|i| !scene.excluded.contains(i) && !scene.seen.contains(i)).take(10).collect();
+        assert_eq!(ids(&none), want);
+    }
 
-        // Bad input is a typed error.
-        assert!(matches!(rank(&RankInput { user: &[1.0], ..input }, &plain), Err(RankError::Width { .. })));
-        assert!(matches!(rank(&input, &RankConfig { diversity: 2.0, ..plain }), Err(RankError::Config(_))));
+    #[test]
+    fn a_user_vector_of_another_width_and_an_out_of_range_setting_are_typed_errors() {
+        let scene = Scene::new();
+        let input = scene.input();
+        assert!(matches!(rank(&RankInput { user: &[1.0], ..input }, &PLAIN), Err(RankError::Width { .. })));
+        assert!(matches!(rank(&input, &RankConfig { diversity: 2.0, ..PLAIN }), Err(RankError::Config(_))));
     }
 
     #[test]

@@ -666,38 +666,59 @@ mod tests {
         Session::open(&ModelFiles { manifest: &f.manifest, global: &f.global, catalog: &f.catalog, shard: &f.shard }, sealed, secret, "phone", 7)
     }
 
-    #[test]
-    fn rate_five_films_get_ten_with_reasons_reopen_forget_wipe() {
-        let f = files();
-        let mut e = open(&f, None, Secret::DeviceKey([1; 32])).unwrap();
-        let cold = e.recommend(&RecommendOptions::default()).unwrap();
-        assert_eq!(cold.len(), 10);
-        assert!(cold.iter().filter(|r| r.source != "explore").all(|r| r.reason == "Popular with everyone"));
-        let star_wars = &e.search("star wars", 5)[0];
-        assert_eq!(star_wars.title, "Star Wars (1977)");
-        let picks = ["Star Wars (1977)", "Empire Strikes Back, The (1980)", "Return of the Jedi (1983)", "Raiders of the Lost Ark (1981)", "Terminator, The (1984)"];
-        for (t, title) in picks.iter().enumerate() {
+    const PICKS: [&str; 5] =
+        ["Star Wars (1977)", "Empire Strikes Back, The (1980)", "Return of the Jedi (1983)", "Raiders of the Lost Ark (1981)", "Terminator, The (1984)"];
+
+    /// A session whose person rated the five [`PICKS`] 5 stars, and its default list.
+    fn rated(f: &Files) -> (Session, Vec<Recommendation>) {
+        let mut e = open(f, None, Secret::DeviceKey([1; 32])).unwrap();
+        for (t, title) in PICKS.iter().enumerate() {
             let id = e.search(title, 1)[0].id.clone();
             e.record(&id, "rate", Some(5.0), 1_000 + t as i64, Some(20)).unwrap();
         }
         let recs = e.recommend(&RecommendOptions::default()).unwrap();
+        (e, recs)
+    }
+
+    #[test]
+    fn a_new_person_gets_ten_popular_films() {
+        let f = files();
+        let e = open(&f, None, Secret::DeviceKey([1; 32])).unwrap();
+        let cold = e.recommend(&RecommendOptions::default()).unwrap();
+        assert_eq!(cold.len(), 10);
+        assert!(cold.iter().filter(|r| r.source != "explore").all(|r| r.reason == "Popular with everyone"));
+        assert_eq!(e.search("star wars", 5)[0].title, "Star Wars (1977)");
+    }
+
+    #[test]
+    fn five_rated_films_give_ten_others_most_with_a_reason() {
+        let f = files();
+        let (e, recs) = rated(&f);
+        assert_eq!(e.history().len(), 5);
         assert_eq!(recs.len(), 10);
-        assert!(recs.iter().all(|r| !picks.contains(&r.title.as_str())), "rated films are not recommended");
+        assert!(recs.iter().all(|r| !PICKS.contains(&r.title.as_str())), "rated films are not recommended");
         let because = recs.iter().filter(|r| r.because_of.is_some()).count();
         assert!(because >= 8, "{recs:#?}");
         assert!(recs.iter().all(|r| r.match_percent <= 100));
         assert!(recs[0].match_percent > 50, "{recs:#?}");
-        assert_eq!(e.history().len(), 5);
+    }
 
-        // Reopen from the sealed bytes: the same history, and the same list (same seed).
+    #[test]
+    fn reopened_from_its_sealed_bytes_the_history_and_the_list_are_the_same_and_another_key_is_refused() {
+        let f = files();
+        let (mut e, recs) = rated(&f);
         let sealed = e.sealed().unwrap();
         assert!(!sealed.windows(9).any(|w| w == b"Star Wars"), "sealed bytes hold no title");
         let again = open(&f, Some(&sealed), Secret::DeviceKey([1; 32])).unwrap();
         assert_eq!(again.history(), e.history());
-        assert_eq!(again.recommend(&RecommendOptions::default()).unwrap(), recs);
+        assert_eq!(again.recommend(&RecommendOptions::default()).unwrap(), recs, "same seed, same list");
         assert_eq!(open(&f, Some(&sealed), Secret::DeviceKey([2; 32])).err(), Some(SessionError::WrongKey));
+    }
 
-        // Excluding and forgetting.
+    #[test]
+    fn an_excluded_film_leaves_the_list_and_forget_and_wipe_empty_the_history() {
+        let f = files();
+        let (mut e, recs) = rated(&f);
         let first = recs[0].id.clone();
         let without = e.recommend(&RecommendOptions { exclude: vec![first.clone()], ..Default::default() }).unwrap();
         assert!(without.iter().all(|r| r.id != first));
@@ -708,42 +729,66 @@ mod tests {
         assert!(e.history().is_empty());
     }
 
-    /// The worker's result moves the vector recommendations are scored with, survives sealing,
-    /// and a tuning for another model version is ignored.
-    #[test]
-    fn a_tuned_vector_is_used_and_kept() {
-        let f = files();
-        let mut e = open(&f, None, Secret::DeviceKey([4; 32])).unwrap();
+    /// A session whose person liked three films, with its training input, list options (no
+    /// exploration) and untuned list.
+    fn liked(f: &Files) -> (Session, TrainingInput, RecommendOptions, Vec<Recommendation>) {
+        let mut e = open(f, None, Secret::DeviceKey([4; 32])).unwrap();
         assert_eq!(e.training_input(), None);
         for item in ["50", "172", "181"] {
             e.record(item, "like", None, 1, None).unwrap();
         }
         let input = e.training_input().unwrap();
-        assert_eq!(input.link, Link::Softplus, "fine-tuning uses the link the committed model was trained with");
-        assert_eq!(input.positives.len(), 3);
         let opts = RecommendOptions { explore: Some(0.0), ..Default::default() };
         let plain = e.recommend(&opts).unwrap();
-        assert_eq!(e.user_vector(&e.query(&opts).unwrap()), input.start);
-        // Tuned towards one unseen film's vector.
+        (e, input, opts, plain)
+    }
+
+    /// Tuned towards one unseen film's vector.
+    fn tuned_towards_film_400(e: &Session, start: &[f32]) -> Vec<f32> {
         let target = e.model().catalog_view().dequantize(400).into_iter().map(|v| v * 5.0);
-        let tuned: Vec<f32> = input.start.iter().zip(target).map(|(a, b)| a + b).collect();
+        start.iter().zip(target).map(|(a, b)| a + b).collect()
+    }
+
+    /// The worker's result moves the vector recommendations are scored with and survives sealing.
+    #[test]
+    fn a_tuned_vector_is_what_is_scored_and_it_survives_sealing() {
+        let f = files();
+        let (mut e, input, opts, plain) = liked(&f);
+        assert_eq!(input.link, Link::Softplus, "fine-tuning uses the link the committed model was trained with");
+        assert_eq!(input.positives.len(), 3);
+        assert_eq!(e.user_vector(&e.query(&opts).unwrap()), input.start);
+        let tuned = tuned_towards_film_400(&e, &input.start);
         e.set_tuned(&input.start, &tuned, 3).unwrap();
         assert_eq!(e.tuning().map(|t| t.0), Some(3));
         let moved = e.recommend(&opts).unwrap();
         assert_ne!(moved, plain);
         let now = e.user_vector(&e.query(&opts).unwrap());
         assert!(now.iter().zip(&tuned).all(|(a, b)| (a - b).abs() < 1e-4), "the tuned vector is what is scored");
-        let sealed = e.sealed().unwrap();
-        let again = open(&f, Some(&sealed), Secret::DeviceKey([4; 32])).unwrap();
+        let again = open(&f, Some(&e.sealed().unwrap()), Secret::DeviceKey([4; 32])).unwrap();
         assert_eq!(again.recommend(&opts).unwrap(), moved);
+        assert_eq!(again.dropped_tuning(), None);
+    }
+
+    #[test]
+    fn a_tuning_of_the_wrong_width_or_with_a_nan_is_refused_and_changes_nothing() {
+        let f = files();
+        let (mut e, input, opts, _) = liked(&f);
+        let tuned = tuned_towards_film_400(&e, &input.start);
+        e.set_tuned(&input.start, &tuned, 3).unwrap();
+        let moved = e.recommend(&opts).unwrap();
         assert_eq!(e.set_tuned(&input.start[1..], &tuned, 3).err().map(|e| e.code()), Some("bad-input"));
         let mut nan = tuned.clone();
         nan[5] = f32::NAN;
         assert_eq!(e.set_tuned(&input.start, &nan, 3).err().map(|e| e.code()), Some("bad-input"));
         assert_eq!(e.recommend(&opts).unwrap(), moved, "a refused tuning changes nothing");
-        assert_eq!(again.dropped_tuning(), None);
-        // An offset made for another model version (the model was republished since): ignored
-        // while this session runs, dropped and reported when the history is next opened.
+    }
+
+    /// An offset made for another model version (the model was republished since): ignored while
+    /// this session runs, dropped and reported when the history is next opened.
+    #[test]
+    fn a_tuning_for_another_model_version_is_ignored_then_dropped_and_reported_at_the_next_open() {
+        let f = files();
+        let (mut e, _, opts, plain) = liked(&f);
         e.history.set_tuning(Some(&Tuning { model_version: 99, positives: 3, offset: vec![1.0; 64] })).unwrap();
         assert_eq!(e.tuning(), None);
         assert_eq!(e.recommend(&opts).unwrap(), plain);

@@ -1050,32 +1050,54 @@ mod tests {
         assert_eq!(h.tuning(), None);
     }
 
-    #[test]
-    fn record_list_forget_wipe_and_reload() {
+    /// A phone's history: a play (with a context), a rating, then a like of the first item.
+    fn three_events() -> History {
         let mut h = History::new("phone");
         h.record("a", Kind::Play, 10, Some(20), &[("screen", "tv")]).unwrap();
         h.record("b", Kind::Rate(4.0), 20, None, &[]).unwrap();
         h.record("a", Kind::Like, 30, None, &[]).unwrap();
+        h
+    }
+
+    #[test]
+    fn recorded_events_are_listed_newest_last_with_their_context() {
+        let h = three_events();
         assert_eq!(h.events().len(), 3);
         assert_eq!(h.recent(1)[0].kind, Kind::Like);
         assert_eq!(h.events()[0].context.get("screen").map(String::as_str), Some("tv"));
+    }
+
+    #[test]
+    fn forget_removes_an_items_events_and_later_ones_are_kept() {
+        let mut h = three_events();
         h.forget("a", 40).unwrap();
         assert_eq!(h.events().iter().map(|e| e.item.as_str()).collect::<Vec<_>>(), vec!["b"]);
-        h.record("a", Kind::View, 50, None, &[]).unwrap(); // after the forget: kept
+        h.record("a", Kind::View, 50, None, &[]).unwrap();
+        assert_eq!(h.events().iter().map(|e| e.item.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
+    }
+
+    #[test]
+    fn a_reloaded_history_holds_the_same_events_profile_and_settings_and_continues_its_ids() {
+        let mut h = three_events();
         h.set_profile(&Profile { age_band: Some("25-34".into()), locale: Some("de-CH".into()) }).unwrap();
         h.set_settings(&Settings { federated: true, privacy_budget: 2.0 }).unwrap();
         let mut back = History::load(&h.save(), "phone").unwrap();
         assert_eq!(back.events(), h.events());
         assert_eq!(back.profile().locale.as_deref(), Some("de-CH"));
         assert!(back.settings().federated);
-        // The reloaded device continues its sequence instead of reusing ids.
         let id = back.record("c", Kind::Add, 60, None, &[]).unwrap();
-        assert!(!h.events().iter().any(|e| e.id == id));
-        back.wipe(70).unwrap();
-        assert!(back.events().is_empty());
-        assert!(back.items().is_empty());
-        assert_eq!(back.profile(), Profile::default());
-        back.check_format().unwrap();
+        assert!(!h.events().iter().any(|e| e.id == id), "the reloaded device does not reuse an id");
+    }
+
+    #[test]
+    fn wipe_leaves_no_event_item_or_profile() {
+        let mut h = three_events();
+        h.set_profile(&Profile { age_band: Some("25-34".into()), locale: None }).unwrap();
+        h.wipe(70).unwrap();
+        assert!(h.events().is_empty());
+        assert!(h.items().is_empty());
+        assert_eq!(h.profile(), Profile::default());
+        h.check_format().unwrap();
     }
 
     #[test]

@@ -202,40 +202,63 @@ mod tests {
         vec![(Box::new(MemStore::default()), None), (Box::new(FileStore::open(&dir, "history.vault").unwrap()), Some(dir))]
     }
 
-    #[test]
-    fn generations_recovery_and_wrong_keys() {
-        for (mut store, dir) in stores("gen") {
+    /// Runs `check` on a memory store and a file store that each hold two committed saves
+    /// ("one", then "two") under `key`; `other` is a second key.
+    fn with_two_saves(tag: &str, check: impl Fn(&mut dyn Store, &Key, &Key)) {
+        for (mut store, dir) in stores(tag) {
             let s = store.as_mut();
             let (key, other) = (Key::random().unwrap(), Key::random().unwrap());
-            assert_eq!(load_sealed(s, &key).unwrap(), None);
+            assert_eq!(load_sealed(s, &key).unwrap(), None, "a new store holds nothing");
             save_sealed(s, &key, [1; 16], b"one").unwrap();
             save_sealed(s, &key, [1; 16], b"two").unwrap();
+            check(s, &key, &other);
+            if let Some(d) = dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+
+    #[test]
+    fn a_save_commits_and_drops_the_previous_generation() {
+        with_two_saves("commit", |s, key, _| {
             assert_eq!(s.read(Slot::Previous).unwrap(), None, "committed");
-            // A wrong key neither opens nor overwrites.
-            assert_eq!(load_sealed(s, &other), Err(StoreError::Vault(VaultError::WrongKey)));
-            assert_eq!(save_sealed(s, &other, [1; 16], b"evil"), Err(StoreError::Vault(VaultError::WrongKey)));
-            assert_eq!(load_sealed(s, &key).unwrap().unwrap().plain, b"two");
-            // A staged generation that never verified: the damaged current falls back to the
-            // previous one, and the next save keeps that good one as its previous generation.
+            assert_eq!(load_sealed(s, key).unwrap().unwrap().plain, b"two");
+        });
+    }
+
+    #[test]
+    fn a_wrong_key_neither_opens_nor_overwrites() {
+        with_two_saves("wrong", |s, key, other| {
+            assert_eq!(load_sealed(s, other), Err(StoreError::Vault(VaultError::WrongKey)));
+            assert_eq!(save_sealed(s, other, [1; 16], b"evil"), Err(StoreError::Vault(VaultError::WrongKey)));
+            assert_eq!(load_sealed(s, key).unwrap().unwrap().plain, b"two");
+        });
+    }
+
+    /// A staged generation that never verified: the damaged current falls back to the previous
+    /// one; a truncated one staged over the tampered one is reported as truncated.
+    #[test]
+    fn a_damaged_current_generation_falls_back_to_the_previous_one() {
+        with_two_saves("damaged", |s, key, _| {
             let good = s.read(Slot::Current).unwrap().unwrap();
             let mut bad = good.clone();
             let n = bad.len();
             bad[n - 1] ^= 1;
             s.stage(&bad).unwrap();
-            let l = load_sealed(s, &key).unwrap().unwrap();
+            let l = load_sealed(s, key).unwrap().unwrap();
             assert_eq!((l.plain.as_slice(), l.recovered), (b"two".as_slice(), true));
-            s.stage(&good[..good.len() - 3]).unwrap(); // truncated on top of the tampered one
-            assert_eq!(load_sealed(s, &key), Err(StoreError::Vault(VaultError::Truncated)));
-            // Rotation re-seals under the new key.
-            s.stage(&good).unwrap();
-            s.commit().unwrap();
-            rotate_sealed(s, &key, &other).unwrap();
-            assert_eq!(load_sealed(s, &other).unwrap().unwrap().plain, b"two");
-            assert_eq!(load_sealed(s, &key), Err(StoreError::Vault(VaultError::WrongKey)));
-            if let Some(d) = dir {
-                let _ = std::fs::remove_dir_all(d);
-            }
-        }
+            s.stage(&good[..good.len() - 3]).unwrap();
+            assert_eq!(load_sealed(s, key), Err(StoreError::Vault(VaultError::Truncated)));
+        });
+    }
+
+    #[test]
+    fn rotation_reseals_the_store_under_the_new_key() {
+        with_two_saves("rotate", |s, key, other| {
+            rotate_sealed(s, key, other).unwrap();
+            assert_eq!(load_sealed(s, other).unwrap().unwrap().plain, b"two");
+            assert_eq!(load_sealed(s, key), Err(StoreError::Vault(VaultError::WrongKey)));
+        });
     }
 
     /// A disk that flips a bit in everything it writes.

@@ -300,11 +300,21 @@ mod tests {
         assert_eq!(doc_id(&s).unwrap(), doc);
     }
 
-    #[test]
-    fn wrong_key_tampering_and_truncation_are_distinct() {
+    fn sealed() -> (Key, Vec<u8>) {
         let k = Key::random().unwrap();
         let s = seal(&k, [2; 16], b"some history bytes").unwrap();
+        (k, s)
+    }
+
+    #[test]
+    fn another_key_is_a_wrong_key() {
+        let (_, s) = sealed();
         assert_eq!(open(&Key::random().unwrap(), &s), Err(VaultError::WrongKey));
+    }
+
+    #[test]
+    fn each_damaged_byte_gives_the_error_of_the_field_it_is_in() {
+        let (k, s) = sealed();
         for i in 0..s.len() {
             let mut t = s.clone();
             t[i] ^= 0x40;
@@ -317,6 +327,11 @@ mod tests {
                 _ => assert_eq!(e, VaultError::Tampered, "byte {i}"),
             }
         }
+    }
+
+    #[test]
+    fn a_cut_vault_is_truncated_and_a_longer_one_tampered() {
+        let (k, s) = sealed();
         for len in 0..s.len() {
             let e = open(&k, &s[..len]).unwrap_err();
             assert!(matches!(e, VaultError::Truncated | VaultError::BadFormat), "{len}: {e:?}");
