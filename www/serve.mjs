@@ -29,9 +29,10 @@ const TYPES = {
 // no plugins, no framing. The same policy is in index.html's <meta> for hosts that send no headers.
 export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; " +
   "img-src 'self' data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-const PAGE = new Set(["index.html", "app.js", "storage.js", "egress.js", "sw.js", "train-worker.js", "style.css", "icon.svg"]);
-const MODEL = new Set(["manifest.json", "global.bin", "catalog.json", "items.shard"]);
-const PKG = new Set(["hearth_web.js", "hearth_web_bg.wasm", "hearth_train.js", "hearth_train_bg.wasm"]);
+// What the server serves, by folder (exported for the test that reads every served file).
+export const PAGE = new Set(["index.html", "app.js", "storage.js", "egress.js", "sw.js", "train-worker.js", "style.css", "icon.svg"]);
+export const MODEL = new Set(["manifest.json", "global.bin", "catalog.json", "items.shard"]);
+export const PKG = new Set(["hearth_web.js", "hearth_web_bg.wasm", "hearth_train.js", "hearth_train_bg.wasm"]);
 
 // A short text answer with its length (not chunked: a client counts exactly the body's bytes).
 function plain(res, status, text, headers = {}) {

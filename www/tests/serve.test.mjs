@@ -1,14 +1,14 @@
-// The demo server over real HTTP on 127.0.0.1: every model file it serves holds items, item tags,
-// popularity and the model, and nothing about the training users; the training-only files
-// (personal.bin, users.json) are refused however they are asked for; a malformed URL is a 400
-// and the server stays up; every response carries the Content-Security-Policy. No browser needed (.ci/test runs it with the other www tests).
+// The demo server over real HTTP on 127.0.0.1: every file it serves (page, package, model) holds
+// nothing about the training users (no users.json row, no piece of their personal vectors); the
+// training-only files (personal.bin, users.json) are refused however they are asked for; a
+// malformed URL is a 400 and the server stays up; every response carries the
+// Content-Security-Policy. No browser needed (.ci/test runs it with the other www tests).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
-import { start } from "../serve.mjs";
+import { start, PAGE, PKG, MODEL } from "../serve.mjs";
 
 const MODEL_DIR = new URL("../../models/ml100k/", import.meta.url);
-const SERVED = ["manifest.json", "global.bin", "catalog.json", "items.shard"];
 let server;
 before(async () => {
   server = await start({ port: 0 });
@@ -27,22 +27,42 @@ function records(value, out = []) {
   return out;
 }
 
+// Every path the server answers 200 for: the page, the package and the model files.
+const servedPaths = () => ["", ...[...PAGE], ...[...PKG].map((n) => `pkg/${n}`), ...[...MODEL].map((n) => `model/${n}`)];
+
+// The personal table's rows as bytes: 64-byte pieces of the training users' own vectors, which
+// must appear in no served file (a personal table under another tensor name would still match).
+async function personalPieces() {
+  const bytes = await readFile(new URL("personal.bin", MODEL_DIR));
+  const pieces = [];
+  for (let at = 64; at + 64 <= bytes.length - 32 && pieces.length < 200; at += Math.floor((bytes.length - 128) / 200)) pieces.push(bytes.subarray(at, at + 64));
+  return pieces;
+}
+
 test("no file the server serves holds a training user", async () => {
   const { users } = JSON.parse(await readFile(new URL("users.json", MODEL_DIR), "utf8"));
   assert.equal(users.length, 943, "the training users are in the model directory, for training");
   const rows = new Set(users.map((u) => `${u.id}|${u.tags.join(",")}`));
-  for (const name of SERVED) {
-    const res = await fetch(`${server.url}model/${name}`);
-    assert.equal(res.status, 200, name);
+  // A user row as users.json writes it, e.g. {"id":"1","tags":[0,1,2]}: no served file holds one.
+  const literal = users.map((u) => Buffer.from(JSON.stringify(u)));
+  const pieces = await personalPieces();
+  assert.ok(pieces.length >= 100);
+  const paths = servedPaths();
+  assert.ok(paths.length >= 16, "page, package and model files");
+  for (const path of paths) {
+    const res = await fetch(`${server.url}${path}`);
+    assert.equal(res.status, 200, `${path} is served (run bash .ci/build-web.sh first)`);
     const body = Buffer.from(await res.arrayBuffer());
-    if (name.endsWith(".json")) {
+    assert.ok(body.length > 0, path);
+    assert.deepEqual(literal.filter((row) => body.includes(row)).map(String), [], `${path} holds no users.json row`);
+    assert.equal(pieces.findIndex((p) => body.includes(p)), -1, `${path} holds no piece of the personal table`);
+    // Tensor files name their tensors: the personal table is never among them.
+    if (path.startsWith("model/") && !path.endsWith(".json")) assert.ok(!body.includes(Buffer.from("personal")), `${path} names no personal tensor`);
+    if (path.endsWith(".json")) {
       const json = JSON.parse(body.toString("utf8"));
-      assert.ok(!("users" in json), `${name} has no users`);
+      assert.ok(!("users" in json), `${path} has no users`);
       const leaked = records(json).filter((r) => rows.has(`${r.id}|${r.tags.join(",")}`));
-      assert.deepEqual(leaked, [], `${name} holds no user row`);
-    } else {
-      // Tensor files name their tensors: the personal table is never among them.
-      assert.ok(!body.includes(Buffer.from("personal")), `${name} holds no personal vectors`);
+      assert.deepEqual(leaked, [], `${path} holds no user row`);
     }
   }
   // The catalog's records are items (their tags index the item tag vocabulary), never users.
@@ -50,6 +70,8 @@ test("no file the server serves holds a training user", async () => {
   assert.deepEqual(Object.keys(catalog).sort(), ["item_tags", "items", "popularity", "user_tags"]);
   assert.equal(catalog.items.length, 1682);
   assert.ok(catalog.items.every((i) => i.tags.every((t) => t < catalog.item_tags.length)));
+  // user_tags is the tag vocabulary (age bands, genders, occupations), not anyone's tags.
+  assert.ok(catalog.user_tags.every((t) => typeof t === "string"));
 });
 
 test("the training-only files are refused however they are asked for", async () => {

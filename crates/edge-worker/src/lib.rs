@@ -7,8 +7,9 @@
 //! `crates/edge-worker/tests/health.test.mjs` runs it in workerd through Miniflare.
 //!
 //! ```
-//! let h = hearth_edge::health();
-//! assert_eq!(h.status, "ok");
+//! // What the worker answers on `GET /health` (its routes are tested in workerd, not here).
+//! let body = serde_json::to_string(&hearth_edge::health()).unwrap();
+//! assert!(body.starts_with(r#"{"status":"ok","service":"hearth-edge","version":"#));
 //! ```
 
 use serde::Serialize;
@@ -46,16 +47,5 @@ mod worker_glue {
             .get("/health", |_, _| Response::from_json(&super::health()))
             .run(req, env)
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn health_serialises_as_the_worker_sends_it() {
-        let v = serde_json::to_value(super::health()).unwrap();
-        assert_eq!(v["status"], "ok");
-        assert_eq!(v["architecture"], "two-tower-v1");
-        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     }
 }

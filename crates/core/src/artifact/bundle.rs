@@ -454,6 +454,27 @@ mod tests {
     }
 
     #[test]
+    fn an_items_csvs_rights_and_trust_travel_in_the_served_catalog() {
+        let items = b"item,title,tags,rights,trust\na,Alpha,,territories=CH;usage=stream,0.9\nb,Beta,,,\n";
+        let ds = Dataset::from_csv("t.csv", b"u,a\nu,b\n", Some(("items.csv", items))).unwrap();
+        let mut b = bundle();
+        b.catalog = Catalog::of(&ds);
+        let f = files(&b);
+        // In the bytes a device fetches...
+        let served: serde_json::Value = serde_json::from_slice(&f[CATALOG]).unwrap();
+        assert_eq!(served["items"][0]["rights"], serde_json::json!({"territories": ["CH"], "usage": ["stream"]}));
+        assert_eq!(served["items"][0]["trust"], 0.9);
+        assert!(served["items"][1].get("rights").is_none() && served["items"][1].get("trust").is_none());
+        // ...and as the device reads them back.
+        let back = load(&f, "arch-a").unwrap().catalog;
+        let alpha = &back.items[0];
+        assert!(alpha.rights.as_ref().unwrap().allows(Some("CH"), 0, Some("stream")));
+        assert!(!alpha.rights.as_ref().unwrap().allows(Some("DE"), 0, Some("stream")));
+        assert_eq!((alpha.trust, back.items[1].trust), (Some(0.9), None));
+        assert_eq!(back, b.catalog);
+    }
+
+    #[test]
     fn dataset_mismatch_is_named() {
         let b = bundle();
         let other = Dataset::from_csv("o.csv", b"u,a\nu,c\n", None).unwrap();
