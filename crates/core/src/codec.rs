@@ -139,6 +139,12 @@ impl<'a> Reader<'a> {
         Ok(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
+    /// `n` little-endian `u32`s (the length is checked before allocating).
+    pub fn u32s(&mut self, n: usize) -> Result<Vec<u32>, CodecError> {
+        let raw = self.take(n.checked_mul(4).ok_or(CodecError::Malformed("length overflows"))?)?;
+        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
     /// A UTF-8 string with a `u16` length.
     pub fn string(&mut self) -> Result<String, CodecError> {
         let len = self.u16()? as usize;
@@ -201,6 +207,15 @@ impl Writer {
 
     /// Little-endian `f32`s (no length: the reader knows how many).
     pub fn f32s(&mut self, v: &[f32]) -> &mut Self {
+        for x in v {
+            self.out.extend_from_slice(&x.to_le_bytes());
+        }
+        self
+    }
+
+    /// The values, little-endian (no count: write one before if the reader needs it).
+    pub fn u32s(&mut self, v: &[u32]) -> &mut Self {
+        self.out.reserve(4 * v.len());
         for x in v {
             self.out.extend_from_slice(&x.to_le_bytes());
         }

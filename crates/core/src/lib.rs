@@ -14,9 +14,13 @@
 //! - [`data`]: datasets (MovieLens 100K layout, generic CSV), splits, negatives.
 //! - [`eval`]: HR@K / NDCG@K under sampled and full-ranking protocols, coverage, calibration.
 //! - [`person`]: a person's history (automerge), sealing at rest, storage, sync, the relay.
+//! - [`privacy`]: differential privacy: the accountant, discrete Gaussian noise, the distributed
+//!   mechanism's encoding, the person's ledger.
+//! - [`secagg`]: secure aggregation (SecAgg+), client and server state machines and their wire.
 //! - [`artifact`]: what a model directory publishes: tensor file, manifest, bundle, catalog shard.
 //! - [`device`]: user tower, int8 scan, ranking, the GPU runtime, the device session.
 //! - `model` (feature `model`): the two-tower model in burn, training and fine-tuning.
+//! - [`fed`]: federated rounds: the plan, the federated parameters, aggregation, the device's round.
 //! - `testkit` (feature `testkit`): seeded data and recall for tests and benchmarks.
 //!
 //! ```
@@ -40,9 +44,12 @@ pub mod quant;
 pub mod data;
 pub mod eval;
 pub mod person;
+pub mod privacy;
+pub mod secagg;
 pub mod artifact;
 pub mod device;
 #[cfg(feature = "model")]
 pub mod model;
+pub mod fed;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

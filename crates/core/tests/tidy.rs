@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 /// hearth-core's top-level modules, lowest first (the order of `lib.rs`).
-const LAYERS: &[&str] = &["platform", "codec", "quant", "data", "eval", "person", "artifact", "device", "model", "testkit"];
+const LAYERS: &[&str] = &["platform", "codec", "quant", "data", "eval", "person", "privacy", "secagg", "artifact", "device", "model", "fed", "testkit"];
 
 /// The cfg keys that name a target.
 const TARGET_KEYS: &[&str] =

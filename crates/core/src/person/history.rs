@@ -17,6 +17,10 @@
 //! - `"p:age_band"`, `"p:locale"` (the profile, used only on the device) and
 //!   `"c:federated"`, `"c:privacy_budget"` (settings): last writer wins.
 //! - `"t:personal"`: the person's fine-tuned embedding offset ([`Tuning`], JSON): last writer wins.
+//! - `"l:<device>:<round>"` → one federated round's privacy spend, and `"r:<round>:<device>"` → a
+//!   device's claim to contribute to a round (JSON, written once by that device; read and written
+//!   by `hearth_core::privacy::ledger`). They outlive compaction and wipes: a budget spent stays
+//!   spent.
 //!
 //! # Compaction
 //!
@@ -865,7 +869,7 @@ impl History {
             write_summary(&mut doc, s)?;
         }
         for k in self.doc.keys(ROOT) {
-            if ["f:", "w:", "p:", "c:", "t:"].iter().any(|p| k.starts_with(p))
+            if ["f:", "w:", "p:", "c:", "t:", "l:", "r:"].iter().any(|p| k.starts_with(p))
                 && let Some(v) = self.scalar(&k)
             {
                 doc.put(ROOT, k.as_str(), v).map_err(doc_err)?;
@@ -908,7 +912,7 @@ impl History {
             }
         }
         for k in self.doc.keys(ROOT) {
-            let carry = if k.starts_with("f:") || k.starts_with("w:") {
+            let carry = if ["f:", "w:", "l:", "r:"].iter().any(|p| k.starts_with(p)) {
                 true
             } else {
                 ["p:", "c:", "t:"].iter().any(|p| k.starts_with(p)) && !newly_wiped
@@ -1016,6 +1020,32 @@ impl History {
             None => self.doc.delete(ROOT, "t:personal").map_err(doc_err)?,
         }
         Ok(())
+    }
+
+    /// Writes a ledger record (`privacy::ledger`): `key` starts with `l:` or `r:`, `text` is at
+    /// most 64 KiB. Each key is written by one device only, so concurrent records never hide each
+    /// other.
+    pub fn put_record(&mut self, key: &str, text: &str) -> Result<(), HistoryError> {
+        if !(key.starts_with("l:") || key.starts_with("r:")) || key.len() > 2 * MAX_STRING || text.len() > 1 << 16 {
+            return Err(HistoryError::BadValue("a ledger record has an l: or r: key and at most 64 KiB"));
+        }
+        self.doc.put(ROOT, key, text).map_err(doc_err)
+    }
+
+    /// Every ledger record whose key starts with `prefix` (`l:` or `r:` and more), as (key, text),
+    /// in key order. Values that are not text are skipped.
+    pub fn records(&self, prefix: &str) -> Vec<(String, String)> {
+        if !(prefix.starts_with("l:") || prefix.starts_with("r:")) {
+            return vec![];
+        }
+        self.doc
+            .map_range(ROOT, prefix.to_owned()..)
+            .take_while(|i| i.key.starts_with(prefix))
+            .filter_map(|i| match &i.value {
+                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(t)) => Some((i.key.to_string(), t.to_string())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Replaces the settings.
