@@ -100,3 +100,29 @@ fn sync_incoming_inputs_never_panic_and_refusals_change_nothing() {
     // The corpus reaches the automerge sync decoder and the snapshot path, not just rejections.
     assert!(applied > 0 && adopted > 0, "applied {applied}, adopted {adopted}");
 }
+
+#[test]
+fn secagg_message_inputs_never_panic() {
+    use hearth_core::secagg::wire::{MAGIC, VERSION};
+    let all = inputs("secagg_message");
+    assert!(all.len() >= 50, "the committed corpus is missing ({} inputs)", all.len());
+    let mut decoded = 0;
+    for (_, data) in all {
+        let mut framed = MAGIC.to_vec();
+        framed.push(VERSION);
+        framed.extend_from_slice(&data);
+        decoded += usize::from(hearth_core::testkit::fuzz_secagg_message(&data)) + usize::from(hearth_core::testkit::fuzz_secagg_message(&framed));
+    }
+    assert!(decoded > 0, "no corpus input decodes to a message");
+}
+
+#[test]
+fn round_plan_inputs_never_panic() {
+    let all = inputs("round_plan");
+    assert!(all.len() >= 50, "the committed corpus is missing ({} inputs)", all.len());
+    let mut decoded = 0;
+    for (_, data) in all {
+        decoded += usize::from(hearth_core::testkit::fuzz_round_plan(&data));
+    }
+    assert!(decoded > 0, "no corpus input decodes to a plan");
+}

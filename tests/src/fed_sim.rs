@@ -1,0 +1,239 @@
+//! Federated rounds in one process: MovieLens users as devices, each running the real client
+//! code (`fed::client::local_update`, `privacy::ddg` encoding, the `secagg` client state machine)
+//! against the real server state machine and `fed::aggregate`, with dropouts at random stages.
+//! Used by the scenario tests (a CI-sized run) and by `fed_quality` (the full runs).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use hearth_core::artifact::{ModelDims, TensorFile};
+use hearth_core::data::{Dataset, Split};
+use hearth_core::fed::aggregate::{ServerOptimizer, ServerState, aggregate};
+use hearth_core::fed::client::{CatalogTags, ModelSettings, PersonData, local_update};
+use hearth_core::fed::layout::Layout;
+use hearth_core::fed::plan::{Group, LocalTraining, RoundPlan};
+use hearth_core::privacy::ddg::DdgConfig;
+use hearth_core::privacy::rdp::{Accountant, integer_orders};
+use hearth_core::secagg::client::Client;
+use hearth_core::secagg::server::{Server, Step};
+use hearth_core::secagg::{Params, SecAggError, crypto};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+type Backend = Autodiff<Flex>;
+
+/// The people who may take part: each one's training history, ratings and tags.
+pub struct Population {
+    /// Per user: their data as their device holds it.
+    pub people: Vec<PersonData>,
+    /// Item tags of the catalog.
+    pub catalog: CatalogTags,
+}
+
+impl Population {
+    /// Every user of `ds`, holding their `split.train` interactions.
+    pub fn new(ds: &Dataset, split: &Split) -> Population {
+        let n = ds.users.len();
+        let histories = hearth_core::data::per_user_in_time_order(&split.train, n, |x| (x.item, x.rating));
+        let people = histories
+            .into_iter()
+            .zip(&ds.users)
+            .map(|(h, u)| PersonData { history: h.iter().map(|&(i, _)| i).collect(), ratings: h.iter().map(|&(_, r)| r).collect(), tags: u.tags.clone() })
+            .collect();
+        let catalog = CatalogTags { items: ds.items.iter().map(|i| i.tags.clone()).collect(), item_tags: ds.item_tags.len() };
+        Population { people, catalog }
+    }
+}
+
+/// One simulation's settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Rounds to run.
+    pub rounds: u32,
+    /// Expected devices per round (each eligible person is invited with probability
+    /// `devices / eligible`: Poisson sampling, as the accountant assumes).
+    pub devices: u32,
+    /// The groups trained.
+    pub groups: Vec<Group>,
+    /// Local training.
+    pub local: LocalTraining,
+    /// L2 clip of each update.
+    pub clip: f64,
+    /// Noise of the sum over `clip` (0: no DP).
+    pub noise_multiplier: f64,
+    /// The fewest survivors a round accepts (and the noise is sized for).
+    pub min_survivors: u32,
+    /// The server optimizer.
+    pub server: ServerOptimizer,
+    /// Probability that a device drops out, at a stage chosen uniformly.
+    pub dropout: f64,
+    /// Seed of sampling, graphs, device randomness.
+    pub seed: u64,
+}
+
+/// What a round did.
+#[derive(Debug, Clone)]
+pub struct RoundLog {
+    /// 1-based round.
+    pub round: u32,
+    /// Devices invited.
+    pub invited: u32,
+    /// Devices whose update is in the sum.
+    pub survivors: u32,
+    /// Devices that dropped after sharing keys (their masks removed).
+    pub dropped: u32,
+    /// Mean local loss before and after local training, over the survivors.
+    pub local_loss: (f64, f64),
+    /// Cumulative ε at δ = 1e-5 (None without noise).
+    pub epsilon: Option<f64>,
+    /// Bytes a device sent (all four stages) and received, mean over survivors.
+    pub bytes_up: f64,
+    /// See `bytes_up`.
+    pub bytes_down: f64,
+    /// The largest difference, over the update's values, between the mean the server decoded
+    /// and the plain mean of the survivors' clipped updates: the noise (and rounding) the
+    /// round's mean carries.
+    pub max_error: f64,
+    /// Wall time of the round: local training and the protocol.
+    pub secs: f64,
+}
+
+/// Runs `cfg.rounds` rounds from `global` over the `eligible` people, calling `on_round` after
+/// each with the round's log and the new parameters. A round that aborts (too few survivors)
+/// keeps the parameters and is logged with 0 survivors.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    pop: &Population,
+    eligible: &[u32],
+    dims: &ModelDims,
+    settings: &ModelSettings,
+    mut global: TensorFile,
+    cfg: &SimConfig,
+    mut on_round: impl FnMut(&RoundLog, &TensorFile),
+) -> Result<TensorFile, String> {
+    let layout = Layout::new(dims, &cfg.groups);
+    let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
+    let q = (f64::from(cfg.devices) / eligible.len() as f64).min(1.0);
+    let mut state = ServerState::new(cfg.server.clone());
+    let mut accountant = Accountant::with_orders(integer_orders());
+    let device = Default::default();
+    for round in 1..=cfg.rounds {
+        let t0 = Instant::now();
+        let invited: Vec<u32> = eligible.iter().copied().filter(|_| rng.random::<f64>() < q).collect();
+        let n = invited.len() as u32;
+        let mut round_id = [0u8; 16];
+        rng.fill(&mut round_id);
+        let noise = DdgConfig { clip: cfg.clip, noise_multiplier: cfg.noise_multiplier, min_survivors: cfg.min_survivors.min(n.max(1)), max_clients: n.max(1), ..DdgConfig::default() };
+        let padded = hearth_core::privacy::ddg::DdgPlan::new(layout.len(), &noise).map_err(|e| e.to_string())?.padded;
+        let plan = RoundPlan {
+            model_version: round,
+            groups: cfg.groups.clone(),
+            local: LocalTraining { seed: cfg.seed ^ u64::from(round), ..cfg.local.clone() },
+            noise,
+            sampling_rate: q,
+            delta: 1e-5,
+            secagg: Params::for_clients(round_id, n.max(1), padded as u32, cfg.min_survivors.min(n.max(1))),
+            rotation_seed: rng.random(),
+            graph_seed: rng.random(),
+            deadline_ms: 0,
+        };
+        if n < cfg.min_survivors.max(1) {
+            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, secs: 0.0 }, &global);
+            continue;
+        }
+        plan.check(layout.len()).map_err(|e| e.to_string())?;
+        let ddg = plan.ddg(layout.len()).map_err(|e| e.to_string())?;
+        // Each device: local training, then its words; drop stage (0..4, 4 = never).
+        let updates: Vec<(Vec<u32>, (f32, f32), Vec<f32>)> = hearth_core::platform::par_map(invited.len(), |k| {
+            let person = &pop.people[invited[k] as usize];
+            let mut u = local_update::<Backend>(&global, dims, &pop.catalog, &layout, person, settings, &plan.local, u64::from(invited[k]) << 20 | u64::from(round), &device)
+                .expect("local training");
+            let mut device_rng = ChaCha20Rng::seed_from_u64(cfg.seed.wrapping_mul(31) ^ (u64::from(invited[k]) << 32) ^ u64::from(round));
+            let words = ddg.encode(&u.delta, plan.rotation_seed, &mut device_rng).expect("an update encodes");
+            hearth_core::privacy::ddg::clip_l2(&mut u.delta, cfg.clip);
+            (words, (u.loss_before, u.loss_after), u.delta)
+        });
+        let drop_at: Vec<u8> = invited.iter().map(|_| if rng.random::<f64>() < cfg.dropout { rng.random_range(0..4) } else { 4 }).collect();
+        let signing: Vec<[u8; 32]> = invited.iter().map(|&u| { let mut s = [7u8; 32]; s[..4].copy_from_slice(&u.to_le_bytes()); s }).collect();
+        let keys: Vec<[u8; 32]> = signing.iter().map(|s| crypto::signing_key(s).map(|k| k.1).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+        let mut server = Server::new(plan.secagg.clone(), keys, plan.graph_seed).map_err(|e| e.to_string())?;
+        let mut up = vec![0usize; invited.len()];
+        let mut down = vec![0usize; invited.len()];
+        let mut clients: Vec<Option<Client>> = Vec::with_capacity(invited.len());
+        for (k, s) in signing.iter().enumerate() {
+            let (c, msg) = Client::new(plan.secagg.clone(), k as u32, *s, rng.random()).map_err(|e| e.to_string())?;
+            if drop_at[k] == 0 {
+                clients.push(None);
+                continue;
+            }
+            up[k] += msg.len();
+            server.receive(&msg).map_err(|e| e.to_string())?;
+            clients.push(Some(c));
+        }
+        let mut stage = 1u8;
+        let outcome = loop {
+            match server.advance() {
+                Err(SecAggError::Abort(_)) => break None,
+                Err(e) => return Err(e.to_string()),
+                Ok(Step::Done(o)) => break Some(o),
+                Ok(Step::Send(out)) => {
+                    for (k, msg) in out {
+                        let k = k as usize;
+                        let Some(c) = clients[k].as_mut() else { continue };
+                        down[k] += msg.len();
+                        if drop_at[k] == stage {
+                            clients[k] = None;
+                            continue;
+                        }
+                        let reply = match stage {
+                            1 => c.share_keys(&msg),
+                            2 => c.masked_input(&msg, &updates[k].0),
+                            _ => c.unmask(&msg),
+                        };
+                        match reply {
+                            Ok(r) => {
+                                up[k] += r.len();
+                                server.receive(&r).map_err(|e| e.to_string())?;
+                            }
+                            Err(SecAggError::Abort(_)) => clients[k] = None,
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                    stage += 1;
+                }
+            }
+        };
+        let Some(outcome) = outcome else {
+            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, secs: t0.elapsed().as_secs_f64() }, &global);
+            continue;
+        };
+        assert!(server.both_kinds_held().is_empty());
+        let (next, report) = aggregate(&plan, &layout, &global, &outcome, &mut state).map_err(|e| e.to_string())?;
+        global = next;
+        if let Some(m) = &report.mechanism {
+            accountant.compose(m, 1).map_err(|e| e.to_string())?;
+        }
+        let survivors: BTreeSet<usize> = outcome.survivors.iter().map(|&s| s as usize).collect();
+        let s = survivors.len().max(1) as f64;
+        let decoded = ddg.decode(&outcome.sum, plan.rotation_seed, outcome.survivors.len() as u32).map_err(|e| e.to_string())?;
+        let max_error = (0..layout.len())
+            .map(|j| (decoded[j] / s - survivors.iter().map(|&k| f64::from(updates[k].2[j])).sum::<f64>() / s).abs())
+            .fold(0.0, f64::max);
+        let mean = |f: &dyn Fn(usize) -> f64| survivors.iter().map(|&k| f(k)).sum::<f64>() / s;
+        let log = RoundLog {
+            round,
+            invited: n,
+            survivors: report.survivors,
+            dropped: report.dropped,
+            local_loss: (mean(&|k| f64::from(updates[k].1.0)), mean(&|k| f64::from(updates[k].1.1))),
+            epsilon: report.mechanism.is_some().then(|| accountant.epsilon(1e-5).map(|e| e.0).unwrap_or(f64::INFINITY)),
+            bytes_up: mean(&|k| up[k] as f64),
+            bytes_down: mean(&|k| down[k] as f64),
+            max_error,
+            secs: t0.elapsed().as_secs_f64(),
+        };
+        on_round(&log, &global);
+    }
+    Ok(global)
+}
