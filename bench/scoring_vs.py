@@ -59,12 +59,16 @@ def main():
     p.add_argument("rev", help="the baseline commit")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per configuration")
+    p.add_argument("--build-only", action="store_true", help="build both benches and stop")
     p.add_argument("bench_args", nargs="*", help="after --: the bench's own arguments")
     a = p.parse_args()
     bench_args = a.bench_args or ["--n", "1000000", "--d", "64"]
     sha, tree = export(a.rev)
     print(f"building this checkout's bench and {sha}'s ...", file=sys.stderr)
     builds = {"this": build(ROOT), "base": build(tree)}
+    if a.build_only:
+        print(f"this: {builds['this']}\nbase: {builds['base']}")
+        return
     results = {"this": [], "base": []}
     for r in range(a.rounds):
         order = ["this", "base"] if r % 2 == 0 else ["base", "this"]
