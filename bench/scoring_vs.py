@@ -60,9 +60,11 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per configuration")
     p.add_argument("--build-only", action="store_true", help="build both benches and stop")
-    p.add_argument("bench_args", nargs="*", help="after --: the bench's own arguments")
-    a = p.parse_args()
-    bench_args = a.bench_args or ["--n", "1000000", "--d", "64"]
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = p.parse_args(argv[:cut])
+    # After --: the bench's own arguments.
+    bench_args = argv[cut + 1:] or ["--n", "1000000", "--d", "64"]
     sha, tree = export(a.rev)
     print(f"building this checkout's bench and {sha}'s ...", file=sys.stderr)
     builds = {"this": build(ROOT), "base": build(tree)}
