@@ -56,6 +56,9 @@ pub enum AggregatorError {
     /// there are no held-out users).
     #[error("calibration needs held-out positives and negatives, and this data has none")]
     NoCalibrationData,
+    /// A privacy computation refused its inputs (sampling rate, noise, δ, plan).
+    #[error("privacy accounting: {0}")]
+    Privacy(String),
     /// The directory holds a model whose version cannot be read, so the next is unknown.
     #[error("{} holds no readable model version, so the next one is unknown: repair or remove it before publishing", .0.display())]
     UnreadableVersion(PathBuf),

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod calibrate;
+pub mod epsilon;
 pub mod error;
 pub mod io;
 pub mod report;

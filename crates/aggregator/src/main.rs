@@ -87,6 +87,35 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// The privacy budget a plan spends: ε after --rounds rounds, each sampling devices at rate
+    /// --sampling with noise multiplier --noise (dp-accounting's RDP accountant), and with
+    /// --clients, --dim and --clip the ε of the distributed mechanism hearth's rounds run.
+    Epsilon {
+        /// Poisson sampling rate of each round.
+        #[arg(long)]
+        sampling: f64,
+        /// Noise standard deviation over the clip norm.
+        #[arg(long)]
+        noise: f64,
+        /// Rounds.
+        #[arg(long)]
+        rounds: u32,
+        /// δ.
+        #[arg(long, default_value_t = 1e-5)]
+        delta: f64,
+        /// Survivors per round (for the distributed mechanism).
+        #[arg(long, requires_all = ["dim"])]
+        clients: Option<u32>,
+        /// Values in each update (for the distributed mechanism).
+        #[arg(long, requires_all = ["clients"])]
+        dim: Option<usize>,
+        /// The update's L2 clip (for the distributed mechanism).
+        #[arg(long, default_value_t = 1.0)]
+        clip: f64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate a model directory beside most-popular, under both protocols.
     Eval {
         #[command(flatten)]
@@ -326,6 +355,21 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(out.join("items.csv"), items)?;
             }
             eprintln!("wrote {} ({} rows)", out.display(), data.interactions.lines().count() - 1);
+        }
+        Command::Epsilon { sampling, noise, rounds, delta, clients, dim, clip, json } => {
+            let distributed = clients.zip(dim).map(|(clients, dim)| hearth_aggregator::epsilon::Distributed { clients, dim, clip });
+            let r = hearth_aggregator::epsilon::epsilon(sampling, noise, rounds, delta, distributed)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{rounds} rounds, sampling {sampling}, noise multiplier {noise}: ε = {:.4} at δ = {delta} (RDP, order {})", r.rdp, r.order);
+                if let Some(d) = r.distributed {
+                    println!(
+                        "distributed discrete Gaussian, {} survivors, {} values ({} padded), clip {clip}: ε = {:.4} (order {}; each device adds σ = {} at scale {:.1})",
+                        d.clients, d.dim, d.padded, d.epsilon, d.order, d.local_sigma, d.scale
+                    );
+                }
+            }
         }
         Command::Eval { target: ModelAndData { model, data, items }, test, candidates, seed, json } => {
             let ds = load_dataset(&data, items.as_deref())?;

@@ -237,3 +237,28 @@ fn each_training_into_a_directory_publishes_the_next_model_version() {
     fails_with(&train, "holds no readable model version");
     assert_eq!(std::fs::read(model.join("manifest.json")).unwrap(), b"{ not json");
 }
+
+#[test]
+fn epsilon_reports_dp_accountings_figure_and_the_distributed_mechanisms() {
+    // ../shared/testvectors/dp_epsilon.tsv: q 0.01, σ 1, 100 steps, δ 1e-5 → 1.21415 (dp-accounting 0.6.0).
+    let (ok, out, err) = run(bin().args(["epsilon", "--sampling", "0.01", "--noise", "1", "--rounds", "100", "--delta", "1e-5", "--json"]));
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!((v["rdp"].as_f64().unwrap() - 1.21415).abs() < 1e-4, "{out}");
+    assert!(v["order"].as_f64().unwrap() > 1.0 && v.get("distributed").is_none(), "{out}");
+    // With the distributed mechanism's parameters: its ε beside the central one, a little above
+    // it (the discrete noise, rounding and Zhu–Wang's subsampling bound).
+    let (ok, out, err) = run(bin().args([
+        "epsilon", "--sampling", "0.1", "--noise", "1.2", "--rounds", "50", "--clients", "100", "--dim", "36000", "--clip", "1", "--json",
+    ]));
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (central, distributed) = (v["rdp"].as_f64().unwrap(), v["distributed"]["epsilon"].as_f64().unwrap());
+    assert!(distributed > central && distributed < 1.5 * central, "{out}");
+    assert_eq!(v["distributed"]["padded"], 36864);
+    let (ok, text, _) = run(bin().args(["epsilon", "--sampling", "0.1", "--noise", "1.2", "--rounds", "50"]));
+    assert!(ok && text.contains("50 rounds, sampling 0.1, noise multiplier 1.2: ε = "), "{text}");
+    fails_with(&["epsilon", "--sampling", "1.5", "--noise", "1", "--rounds", "1"], "the sampling rate 1.5 is not in [0, 1]");
+    fails_with(&["epsilon", "--sampling", "0.1", "--noise", "1", "--rounds", "1", "--delta", "2"], "delta 2 is not in [0, 1]");
+    fails_with(&["epsilon", "--sampling", "0.1", "--noise", "1", "--rounds", "1", "--clients", "10"], "--dim");
+}
