@@ -95,6 +95,10 @@ pub struct RoundLog {
     /// and the plain mean of the survivors' clipped updates: the noise (and rounding) the
     /// round's mean carries.
     pub max_error: f64,
+    /// L2 norm of the mean update the server applied (noise included).
+    pub update_norm: f64,
+    /// Mean per device: local training, and encoding (clip, rotate, round, noise), in ms.
+    pub device_ms: (f64, f64),
     /// Wall time of the round: local training and the protocol.
     pub secs: f64,
 }
@@ -139,20 +143,24 @@ pub fn run(
             deadline_ms: 0,
         };
         if n < cfg.min_survivors.max(1) {
-            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, secs: 0.0 }, &global);
+            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_ms: (0.0, 0.0), secs: 0.0 }, &global);
             continue;
         }
         plan.check(layout.len()).map_err(|e| e.to_string())?;
         let ddg = plan.ddg(layout.len()).map_err(|e| e.to_string())?;
         // Each device: local training, then its words; drop stage (0..4, 4 = never).
-        let updates: Vec<(Vec<u32>, (f32, f32), Vec<f32>)> = hearth_core::platform::par_map(invited.len(), |k| {
+        let updates: Vec<(Vec<u32>, (f32, f32), Vec<f32>, (f64, f64))> = hearth_core::platform::par_map(invited.len(), |k| {
             let person = &pop.people[invited[k] as usize];
+            let t = Instant::now();
             let mut u = local_update::<Backend>(&global, dims, &pop.catalog, &layout, person, settings, &plan.local, u64::from(invited[k]) << 20 | u64::from(round), &device)
                 .expect("local training");
+            let trained = t.elapsed().as_secs_f64() * 1e3;
             let mut device_rng = ChaCha20Rng::seed_from_u64(cfg.seed.wrapping_mul(31) ^ (u64::from(invited[k]) << 32) ^ u64::from(round));
+            let t = Instant::now();
             let words = ddg.encode(&u.delta, plan.rotation_seed, &mut device_rng).expect("an update encodes");
+            let encoded = t.elapsed().as_secs_f64() * 1e3;
             hearth_core::privacy::ddg::clip_l2(&mut u.delta, cfg.clip);
-            (words, (u.loss_before, u.loss_after), u.delta)
+            (words, (u.loss_before, u.loss_after), u.delta, (trained, encoded))
         });
         let drop_at: Vec<u8> = invited.iter().map(|_| if rng.random::<f64>() < cfg.dropout { rng.random_range(0..4) } else { 4 }).collect();
         let signing: Vec<[u8; 32]> = invited.iter().map(|&u| { let mut s = [7u8; 32]; s[..4].copy_from_slice(&u.to_le_bytes()); s }).collect();
@@ -205,7 +213,7 @@ pub fn run(
             }
         };
         let Some(outcome) = outcome else {
-            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, secs: t0.elapsed().as_secs_f64() }, &global);
+            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_ms: (0.0, 0.0), secs: t0.elapsed().as_secs_f64() }, &global);
             continue;
         };
         assert!(server.both_kinds_held().is_empty());
@@ -231,6 +239,8 @@ pub fn run(
             bytes_up: mean(&|k| up[k] as f64),
             bytes_down: mean(&|k| down[k] as f64),
             max_error,
+            update_norm: report.mean_update_norm,
+            device_ms: (mean(&|k| updates[k].3.0), mean(&|k| updates[k].3.1)),
             secs: t0.elapsed().as_secs_f64(),
         };
         on_round(&log, &global);

@@ -4,9 +4,11 @@
 //! central models are scored the same way, so the comparison is like for like).
 //!
 //! ```text
-//! cargo run --release -p hearth-tests --bin fed_quality -- scratch [--rounds 60] [--devices 200]
-//! cargo run --release -p hearth-tests --bin fed_quality -- half [--eps 1,2,4,8,16] [--rounds 20]
-//!     [--devices 0 (= everyone)] [--groups tower] [--clip 1] [--lr 0.01]
+//! cargo run -p hearth-tests --bin fed_quality -- scratch [--rounds 60] [--devices 200]
+//! cargo run -p hearth-tests --bin fed_quality -- half [--eps 1,2,4,8,16|none] [--rounds 20]
+//!     [--devices 0 (= everyone)] [--groups tower,items,history-items,item-tags] [--clip 1]
+//!     [--server fedadam|fedavg] [--lr 0.01] [--epochs 2] [--local-lr 0.05] [--recon-steps 20]
+//!     [--reconstruct]
 //! ```
 //! - `scratch`: federated rounds over every user from the same initialisation as the central
 //!   model (`models/ml100k`, seed 42), no DP, beside that central model.
@@ -59,11 +61,33 @@ fn settings(b: &ModelBundle) -> ModelSettings {
     }
 }
 
-/// (sampled HR@10, full HR@10, full NDCG@10) of `bundle` with `global`, history-only, on `split`.
+/// How user vectors are made for scoring.
+static RECONSTRUCT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// (sampled HR@10, full HR@10, full NDCG@10) of `bundle` with `global` on `split`: user vectors
+/// from each person's history alone, or with `--reconstruct` plus the personal vector each
+/// person's device rebuilds from the model and their training history (Federated
+/// Reconstruction's evaluation; the same for central and federated models).
 fn score(bundle: &ModelBundle, global: &TensorFile, ds: &Dataset, split: &Split) -> [f64; 3] {
     let mut b = bundle.clone();
     b.global = global.clone();
     b.personal = None;
+    if *RECONSTRUCT.get_or_init(|| std::env::args().any(|a| a == "--reconstruct")) {
+        let pop = Population::new(ds, split);
+        let dims = &bundle.manifest.dims;
+        let rows = hearth_core::platform::par_map(pop.people.len(), |u| {
+            if pop.people[u].history.is_empty() {
+                return vec![0.0; dims.dim];
+            }
+            hearth_core::fed::client::reconstruct::<burn::backend::Autodiff<burn::backend::Flex>>(
+                global, dims, &pop.catalog, &pop.people[u], &settings(bundle), &LocalTraining::default(), u as u64, &Default::default(),
+            )
+            .expect("reconstruction")
+        });
+        let mut t = TensorFile::default();
+        t.insert("personal", vec![rows.len(), dims.dim], rows.concat());
+        b.personal = Some(t);
+    }
     let device = Default::default();
     let model = b.to_model::<burn::backend::Flex>(&device).expect("a model");
     let r = evaluate_model(&model, ds, split, None, 42, &device).expect("evaluation");
@@ -80,11 +104,14 @@ fn sim(rounds: u32, devices: u32, noise: f64, min_survivors: u32, seed: u64) -> 
         rounds,
         devices,
         groups: groups(),
-        local: LocalTraining { epochs: num("--epochs", 2), lr: num("--local-lr", 0.05), ..LocalTraining::default() },
+        local: LocalTraining { epochs: num("--epochs", 2), lr: num("--local-lr", 0.05), reconstruction_steps: num("--recon-steps", 20), ..LocalTraining::default() },
         clip: num("--clip", 1.0),
         noise_multiplier: noise,
         min_survivors,
-        server: ServerOptimizer::FedAdam { lr: num("--lr", 0.01), beta1: 0.9, beta2: 0.99, tau: 1e-3 },
+        server: match arg("--server").as_deref() {
+            Some("fedavg") => ServerOptimizer::FedAvg { lr: num("--lr", 1.0) },
+            _ => ServerOptimizer::FedAdam { lr: num("--lr", 0.01), beta1: 0.9, beta2: 0.99, tau: 1e-3 },
+        },
         dropout: num("--dropout", 0.0),
         seed,
     }
@@ -158,7 +185,7 @@ fn main() {
                 let mut final_eps = None;
                 let g = run(&pop, &odd, &dims, &settings(&v1), v1.global.clone(), &sim(rounds, devices, noise, min_survivors, seed), |l, _| {
                     final_eps = l.epsilon;
-                    eprintln!("{name} round {}: {} devices, ε {:?}, local loss {:.3} -> {:.3}, {:.1} s", l.round, l.survivors, l.epsilon, l.local_loss.0, l.local_loss.1, l.secs);
+                    eprintln!("{name} round {}: {} devices, ε {:?}, local loss {:.3} -> {:.3}, update norm {:.3}, {:.1} s", l.round, l.survivors, l.epsilon, l.local_loss.0, l.local_loss.1, l.update_norm, l.secs);
                 })
                 .expect("rounds");
                 let s = score(&central, &g, &ds, &on_odd);
@@ -166,7 +193,8 @@ fn main() {
                 s
             };
             let open = last("+ federated, no DP".into(), 0.0, 1);
-            for target in arg("--eps").unwrap_or_else(|| "1,2,4,8,16".into()).split(',').map(|e| e.parse::<f64>().expect("an ε")) {
+            let targets = arg("--eps").unwrap_or_else(|| "1,2,4,8,16".into());
+            for target in targets.split(',').filter(|e| *e != "none").map(|e| e.parse::<f64>().expect("an ε")) {
                 let z = noise_for(target, rounds, min_survivors, q, layout.len(), num("--clip", 1.0));
                 let s = last(format!("+ federated, ε = {target}"), z, 2);
                 let kept = (s[1] - base[1]) / (open[1] - base[1]);
