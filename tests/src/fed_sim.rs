@@ -97,6 +97,9 @@ pub struct RoundLog {
     pub max_error: f64,
     /// L2 norm of the mean update the server applied (noise included).
     pub update_norm: f64,
+    /// The median L2 norm of the survivors' updates before clipping (what a clip norm is set
+    /// against).
+    pub device_norm_p50: f64,
     /// Mean per device: local training, and encoding (clip, rotate, round, noise), in ms.
     pub device_ms: (f64, f64),
     /// Wall time of the round: local training and the protocol.
@@ -143,24 +146,25 @@ pub fn run(
             deadline_ms: 0,
         };
         if n < cfg.min_survivors.max(1) {
-            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_ms: (0.0, 0.0), secs: 0.0 }, &global);
+            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_norm_p50: 0.0, device_ms: (0.0, 0.0), secs: 0.0 }, &global);
             continue;
         }
         plan.check(layout.len()).map_err(|e| e.to_string())?;
         let ddg = plan.ddg(layout.len()).map_err(|e| e.to_string())?;
         // Each device: local training, then its words; drop stage (0..4, 4 = never).
-        let updates: Vec<(Vec<u32>, (f32, f32), Vec<f32>, (f64, f64))> = hearth_core::platform::par_map(invited.len(), |k| {
+        let updates: Vec<(Vec<u32>, (f32, f32), Vec<f32>, (f64, f64), f64)> = hearth_core::platform::par_map(invited.len(), |k| {
             let person = &pop.people[invited[k] as usize];
             let t = Instant::now();
             let mut u = local_update::<Backend>(&global, dims, &pop.catalog, &layout, person, settings, &plan.local, u64::from(invited[k]) << 20 | u64::from(round), &device)
                 .expect("local training");
             let trained = t.elapsed().as_secs_f64() * 1e3;
+            let norm = u.delta.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
             let mut device_rng = ChaCha20Rng::seed_from_u64(cfg.seed.wrapping_mul(31) ^ (u64::from(invited[k]) << 32) ^ u64::from(round));
             let t = Instant::now();
             let words = ddg.encode(&u.delta, plan.rotation_seed, &mut device_rng).expect("an update encodes");
             let encoded = t.elapsed().as_secs_f64() * 1e3;
             hearth_core::privacy::ddg::clip_l2(&mut u.delta, cfg.clip);
-            (words, (u.loss_before, u.loss_after), u.delta, (trained, encoded))
+            (words, (u.loss_before, u.loss_after), u.delta, (trained, encoded), norm)
         });
         let drop_at: Vec<u8> = invited.iter().map(|_| if rng.random::<f64>() < cfg.dropout { rng.random_range(0..4) } else { 4 }).collect();
         let signing: Vec<[u8; 32]> = invited.iter().map(|&u| { let mut s = [7u8; 32]; s[..4].copy_from_slice(&u.to_le_bytes()); s }).collect();
@@ -213,7 +217,7 @@ pub fn run(
             }
         };
         let Some(outcome) = outcome else {
-            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_ms: (0.0, 0.0), secs: t0.elapsed().as_secs_f64() }, &global);
+            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_norm_p50: 0.0, device_ms: (0.0, 0.0), secs: t0.elapsed().as_secs_f64() }, &global);
             continue;
         };
         assert!(server.both_kinds_held().is_empty());
@@ -240,6 +244,11 @@ pub fn run(
             bytes_down: mean(&|k| down[k] as f64),
             max_error,
             update_norm: report.mean_update_norm,
+            device_norm_p50: {
+                let mut n: Vec<f64> = survivors.iter().map(|&k| updates[k].4).collect();
+                n.sort_by(f64::total_cmp);
+                n[n.len() / 2]
+            },
             device_ms: (mean(&|k| updates[k].3.0), mean(&|k| updates[k].3.1)),
             secs: t0.elapsed().as_secs_f64(),
         };

@@ -183,9 +183,17 @@ fn main() {
             let min_survivors = (f64::from(devices) * 0.9) as u32;
             let last = |name: String, noise: f64, seed: u64| -> [f64; 3] {
                 let mut final_eps = None;
-                let g = run(&pop, &odd, &dims, &settings(&v1), v1.global.clone(), &sim(rounds, devices, noise, min_survivors, seed), |l, _| {
+                let every = num("--eval-every", 0u32);
+                let g = run(&pop, &odd, &dims, &settings(&v1), v1.global.clone(), &sim(rounds, devices, noise, min_survivors, seed), |l, g| {
                     final_eps = l.epsilon;
-                    eprintln!("{name} round {}: {} devices, ε {:?}, local loss {:.3} -> {:.3}, update norm {:.3}, {:.1} s", l.round, l.survivors, l.epsilon, l.local_loss.0, l.local_loss.1, l.update_norm, l.secs);
+                    eprintln!(
+                        "{name} round {}: {} devices, ε {:?}, local loss {:.3} -> {:.3}, device update norm p50 {:.4}, mean update norm {:.4}, {:.1} s",
+                        l.round, l.survivors, l.epsilon, l.local_loss.0, l.local_loss.1, l.device_norm_p50, l.update_norm, l.secs
+                    );
+                    if every > 0 && l.round % every == 0 {
+                        let s = score(&central, g, &ds, &on_odd);
+                        eprintln!("{name} after round {}: {:.4} / {:.4} / {:.4}", l.round, s[0], s[1], s[2]);
+                    }
                 })
                 .expect("rounds");
                 let s = score(&central, &g, &ds, &on_odd);
