@@ -23,6 +23,9 @@ use rand_chacha::ChaCha20Rng;
 
 type Backend = Autodiff<Flex>;
 
+/// What stands for a device that sends nothing (it never reaches the masked input).
+static EMPTY_UPDATE: (Vec<u32>, (f32, f32), Vec<f32>, (f64, f64), f64) = (Vec::new(), (0.0, 0.0), Vec::new(), (0.0, 0.0), 0.0);
+
 /// The people who may take part: each one's training history, ratings and tags.
 pub struct Population {
     /// Per user: their data as their device holds it.
@@ -70,6 +73,11 @@ pub struct SimConfig {
     pub dropout: f64,
     /// Seed of sampling, graphs, device randomness.
     pub seed: u64,
+    /// A step schedule: every `decay_every` rounds (0: never) the server and the local learning
+    /// rates are multiplied by `decay`.
+    pub decay_every: u32,
+    /// See `decay_every`.
+    pub decay: f64,
 }
 
 /// What a round did.
@@ -81,6 +89,9 @@ pub struct RoundLog {
     pub invited: u32,
     /// Devices whose update is in the sum.
     pub survivors: u32,
+    /// Devices whose local training failed (a diverged loss): they send nothing, as a real
+    /// device would not, and count as dropped before advertising keys.
+    pub failed: u32,
     /// Devices that dropped after sharing keys (their masks removed).
     pub dropped: u32,
     /// Mean local loss before and after local training, over the survivors.
@@ -125,8 +136,15 @@ pub fn run(
     let mut state = ServerState::new(cfg.server.clone());
     let mut accountant = Accountant::with_orders(integer_orders());
     let device = Default::default();
+    let mut local = cfg.local.clone();
     for round in 1..=cfg.rounds {
         let t0 = Instant::now();
+        if cfg.decay_every > 0 && round > 1 && (round - 1) % cfg.decay_every == 0 {
+            local.lr *= cfg.decay;
+            match &mut state.optimizer {
+                ServerOptimizer::FedAvg { lr } | ServerOptimizer::FedAdam { lr, .. } => *lr *= cfg.decay,
+            }
+        }
         let invited: Vec<u32> = eligible.iter().copied().filter(|_| rng.random::<f64>() < q).collect();
         let n = invited.len() as u32;
         let mut round_id = [0u8; 16];
@@ -136,7 +154,7 @@ pub fn run(
         let plan = RoundPlan {
             model_version: round,
             groups: cfg.groups.clone(),
-            local: LocalTraining { seed: cfg.seed ^ u64::from(round), ..cfg.local.clone() },
+            local: LocalTraining { seed: cfg.seed ^ u64::from(round), ..local.clone() },
             noise,
             sampling_rate: q,
             delta: 1e-5,
@@ -146,17 +164,18 @@ pub fn run(
             deadline_ms: 0,
         };
         if n < cfg.min_survivors.max(1) {
-            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_norm_p50: 0.0, device_ms: (0.0, 0.0), secs: 0.0 }, &global);
+            on_round(&RoundLog { round, invited: n, survivors: 0, failed: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_norm_p50: 0.0, device_ms: (0.0, 0.0), secs: 0.0 }, &global);
             continue;
         }
         plan.check(layout.len()).map_err(|e| e.to_string())?;
         let ddg = plan.ddg(layout.len()).map_err(|e| e.to_string())?;
-        // Each device: local training, then its words; drop stage (0..4, 4 = never).
-        let updates: Vec<(Vec<u32>, (f32, f32), Vec<f32>, (f64, f64), f64)> = hearth_core::platform::par_map(invited.len(), |k| {
+        // Each device: local training, then its words (None: its training failed); drop stage
+        // (0..4, 4 = never).
+        type Update = (Vec<u32>, (f32, f32), Vec<f32>, (f64, f64), f64);
+        let updates: Vec<Option<Update>> = hearth_core::platform::par_map(invited.len(), |k| {
             let person = &pop.people[invited[k] as usize];
             let t = Instant::now();
-            let mut u = local_update::<Backend>(&global, dims, &pop.catalog, &layout, person, settings, &plan.local, u64::from(invited[k]) << 20 | u64::from(round), &device)
-                .expect("local training");
+            let mut u = local_update::<Backend>(&global, dims, &pop.catalog, &layout, person, settings, &plan.local, u64::from(invited[k]) << 20 | u64::from(round), &device).ok()?;
             let trained = t.elapsed().as_secs_f64() * 1e3;
             let norm = u.delta.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
             let mut device_rng = ChaCha20Rng::seed_from_u64(cfg.seed.wrapping_mul(31) ^ (u64::from(invited[k]) << 32) ^ u64::from(round));
@@ -164,9 +183,19 @@ pub fn run(
             let words = ddg.encode(&u.delta, plan.rotation_seed, &mut device_rng).expect("an update encodes");
             let encoded = t.elapsed().as_secs_f64() * 1e3;
             hearth_core::privacy::ddg::clip_l2(&mut u.delta, cfg.clip);
-            (words, (u.loss_before, u.loss_after), u.delta, (trained, encoded), norm)
+            Some((words, (u.loss_before, u.loss_after), u.delta, (trained, encoded), norm))
         });
-        let drop_at: Vec<u8> = invited.iter().map(|_| if rng.random::<f64>() < cfg.dropout { rng.random_range(0..4) } else { 4 }).collect();
+        let failed = updates.iter().filter(|u| u.is_none()).count() as u32;
+        let drop_at: Vec<u8> = updates
+            .iter()
+            .map(|u| match u {
+                None => 0,
+                Some(_) if rng.random::<f64>() < cfg.dropout => rng.random_range(0..4),
+                Some(_) => 4,
+            })
+            .collect();
+        // Survivors all trained: their updates are there.
+        let updates: Vec<&Update> = updates.iter().map(|u| u.as_ref().unwrap_or(&EMPTY_UPDATE)).collect();
         let signing: Vec<[u8; 32]> = invited.iter().map(|&u| { let mut s = [7u8; 32]; s[..4].copy_from_slice(&u.to_le_bytes()); s }).collect();
         let keys: Vec<[u8; 32]> = signing.iter().map(|s| crypto::signing_key(s).map(|k| k.1).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
         let mut server = Server::new(plan.secagg.clone(), keys, plan.graph_seed).map_err(|e| e.to_string())?;
@@ -217,7 +246,7 @@ pub fn run(
             }
         };
         let Some(outcome) = outcome else {
-            on_round(&RoundLog { round, invited: n, survivors: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_norm_p50: 0.0, device_ms: (0.0, 0.0), secs: t0.elapsed().as_secs_f64() }, &global);
+            on_round(&RoundLog { round, invited: n, survivors: 0, failed: 0, dropped: 0, local_loss: (0.0, 0.0), epsilon: None, bytes_up: 0.0, bytes_down: 0.0, max_error: 0.0, update_norm: 0.0, device_norm_p50: 0.0, device_ms: (0.0, 0.0), secs: t0.elapsed().as_secs_f64() }, &global);
             continue;
         };
         assert!(server.both_kinds_held().is_empty());
@@ -237,6 +266,7 @@ pub fn run(
             round,
             invited: n,
             survivors: report.survivors,
+            failed,
             dropped: report.dropped,
             local_loss: (mean(&|k| f64::from(updates[k].1.0)), mean(&|k| f64::from(updates[k].1.1))),
             epsilon: report.mechanism.is_some().then(|| accountant.epsilon(1e-5).map(|e| e.0).unwrap_or(f64::INFINITY)),

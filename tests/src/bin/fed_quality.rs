@@ -8,7 +8,7 @@
 //! cargo run -p hearth-tests --bin fed_quality -- half [--eps 1,2,4,8,16|none] [--rounds 20]
 //!     [--devices 0 (= everyone)] [--groups tower,items,history-items,item-tags] [--clip 1]
 //!     [--server fedadam|fedavg] [--lr 0.01] [--epochs 2] [--local-lr 0.05] [--recon-steps 20]
-//!     [--reconstruct]
+//!     [--reconstruct] [--tau 1e-3] [--decay-every 0 --decay 1 (both learning rates × decay every N rounds)]
 //! ```
 //! - `scratch`: federated rounds over every user from the same initialisation as the central
 //!   model (`models/ml100k`, seed 42), no DP, beside that central model.
@@ -110,10 +110,12 @@ fn sim(rounds: u32, devices: u32, noise: f64, min_survivors: u32, seed: u64) -> 
         min_survivors,
         server: match arg("--server").as_deref() {
             Some("fedavg") => ServerOptimizer::FedAvg { lr: num("--lr", 1.0) },
-            _ => ServerOptimizer::FedAdam { lr: num("--lr", 0.01), beta1: 0.9, beta2: 0.99, tau: 1e-3 },
+            _ => ServerOptimizer::FedAdam { lr: num("--lr", 0.01), beta1: 0.9, beta2: 0.99, tau: num("--tau", 1e-3) },
         },
         dropout: num("--dropout", 0.0),
         seed,
+        decay_every: num("--decay-every", 0),
+        decay: num("--decay", 1.0),
     }
 }
 
@@ -157,7 +159,7 @@ fn main() {
             row("initialisation", score(&central, &init, &ds, &split), Some(base), "");
             let cfg = sim(rounds, devices, 0.0, 10, 42);
             run(&pop, &everyone, &dims, &settings(&central), init, &cfg, |l, g| {
-                eprintln!("round {}: {} devices, local loss {:.3} -> {:.3}, {:.1} s", l.round, l.survivors, l.local_loss.0, l.local_loss.1, l.secs);
+                eprintln!("round {}: {} devices ({} failed local training), local loss {:.3} -> {:.3}, {:.1} s", l.round, l.survivors, l.failed, l.local_loss.0, l.local_loss.1, l.secs);
                 if l.round % every == 0 || l.round == rounds {
                     row(&format!("federated, {} rounds of ~{devices}", l.round), score(&central, g, &ds, &split), Some(base), &format!("{:.0} s", t0.elapsed().as_secs_f64()));
                 }
