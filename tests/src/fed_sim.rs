@@ -23,8 +23,12 @@ use rand_chacha::ChaCha20Rng;
 
 type Backend = Autodiff<Flex>;
 
+/// A device's round: its encoded words, local loss before and after, its clipped update, ms
+/// training and encoding, its update's norm before clipping.
+type Update = (Vec<u32>, (f32, f32), Vec<f32>, (f64, f64), f64);
+
 /// What stands for a device that sends nothing (it never reaches the masked input).
-static EMPTY_UPDATE: (Vec<u32>, (f32, f32), Vec<f32>, (f64, f64), f64) = (Vec::new(), (0.0, 0.0), Vec::new(), (0.0, 0.0), 0.0);
+static EMPTY_UPDATE: Update = (Vec::new(), (0.0, 0.0), Vec::new(), (0.0, 0.0), 0.0);
 
 /// The people who may take part: each one's training history, ratings and tags.
 pub struct Population {
@@ -171,7 +175,6 @@ pub fn run(
         let ddg = plan.ddg(layout.len()).map_err(|e| e.to_string())?;
         // Each device: local training, then its words (None: its training failed); drop stage
         // (0..4, 4 = never).
-        type Update = (Vec<u32>, (f32, f32), Vec<f32>, (f64, f64), f64);
         let updates: Vec<Option<Update>> = hearth_core::platform::par_map(invited.len(), |k| {
             let person = &pop.people[invited[k] as usize];
             let t = Instant::now();
