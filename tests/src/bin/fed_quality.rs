@@ -142,7 +142,7 @@ fn main() {
     let ds = load_dataset(&hearth_tests::ml100k_dir(), None).expect("MovieLens 100K");
     let split = leave_one_out(&ds).expect("a split");
     let central = read_model_dir(&root.join("models/ml100k")).expect("the committed model");
-    let dims = central.manifest.dims.clone();
+    let dims = central.manifest.dims;
     let pop = Population::new(&ds, &split);
     let t0 = std::time::Instant::now();
     match mode.as_str() {
