@@ -4,7 +4,7 @@
 //! central models are scored the same way, so the comparison is like for like).
 //!
 //! ```text
-//! cargo run -p hearth-tests --bin fed_quality -- scratch [--rounds 60] [--devices 200]
+//! cargo run -p hearth-tests --bin fed_quality -- scratch [--rounds 60] [--devices 200] [--seed 42 (sampling and devices; the initialisation is always seed 42)]
 //! cargo run -p hearth-tests --bin fed_quality -- half [--eps 1,2,4,8,16|none] [--rounds 20]
 //!     [--devices 0 (= everyone)] [--groups tower,items,history-items,item-tags] [--clip 1]
 //!     [--server fedadam|fedavg] [--lr 0.01] [--epochs 2] [--local-lr 0.05] [--recon-steps 20]
@@ -157,7 +157,7 @@ fn main() {
             println!("| model | sampled HR@10 | full HR@10 | full NDCG@10 | / central (sampled / full) | |\n|---|---|---|---|---|---|");
             row("central (models/ml100k, seed 42)", base, None, "");
             row("initialisation", score(&central, &init, &ds, &split), Some(base), "");
-            let cfg = sim(rounds, devices, 0.0, 10, 42);
+            let cfg = sim(rounds, devices, 0.0, 10, num("--seed", 42));
             run(&pop, &everyone, &dims, &settings(&central), init, &cfg, |l, g| {
                 eprintln!("round {}: {} devices ({} failed local training), local loss {:.3} -> {:.3}, {:.1} s", l.round, l.survivors, l.failed, l.local_loss.0, l.local_loss.1, l.secs);
                 if l.round % every == 0 || l.round == rounds {
