@@ -93,8 +93,9 @@ pub struct RoundLog {
     pub invited: u32,
     /// Devices whose update is in the sum.
     pub survivors: u32,
-    /// Devices whose local training failed (a diverged loss): they send nothing, as a real
-    /// device would not, and count as dropped before advertising keys.
+    /// Devices whose local training failed (a diverged loss) or whose update did not encode:
+    /// they send nothing, as a real device would not, and count as dropped before advertising
+    /// keys.
     pub failed: u32,
     /// Devices that dropped after sharing keys (their masks removed).
     pub dropped: u32,
@@ -173,8 +174,7 @@ pub fn run(
         }
         plan.check(layout.len()).map_err(|e| e.to_string())?;
         let ddg = plan.ddg(layout.len()).map_err(|e| e.to_string())?;
-        // Each device: local training, then its words (None: its training failed); drop stage
-        // (0..4, 4 = never).
+        // Each device: local training, then its words (None: training or encoding failed).
         let updates: Vec<Option<Update>> = hearth_core::platform::par_map(invited.len(), |k| {
             let person = &pop.people[invited[k] as usize];
             let t = Instant::now();
@@ -183,12 +183,13 @@ pub fn run(
             let norm = u.delta.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
             let mut device_rng = ChaCha20Rng::seed_from_u64(cfg.seed.wrapping_mul(31) ^ (u64::from(invited[k]) << 32) ^ u64::from(round));
             let t = Instant::now();
-            let words = ddg.encode(&u.delta, plan.rotation_seed, &mut device_rng).expect("an update encodes");
+            let words = ddg.encode(&u.delta, plan.rotation_seed, &mut device_rng).ok()?;
             let encoded = t.elapsed().as_secs_f64() * 1e3;
             hearth_core::privacy::ddg::clip_l2(&mut u.delta, cfg.clip);
             Some((words, (u.loss_before, u.loss_after), u.delta, (trained, encoded), norm))
         });
         let failed = updates.iter().filter(|u| u.is_none()).count() as u32;
+        // The stage each device drops at (0..4, 4 = never).
         let drop_at: Vec<u8> = updates
             .iter()
             .map(|u| match u {

@@ -4,19 +4,22 @@
 //! central models are scored the same way, so the comparison is like for like).
 //!
 //! ```text
-//! cargo run -p hearth-tests --bin fed_quality -- scratch [--rounds 60] [--devices 200] [--seed 42 (sampling and devices; the initialisation is always seed 42)]
-//! cargo run -p hearth-tests --bin fed_quality -- half [--eps 1,2,4,8,16|none] [--rounds 20]
-//!     [--devices 0 (= everyone)] [--groups tower,items,history-items,item-tags] [--clip 1]
-//!     [--server fedadam|fedavg] [--lr 0.01] [--epochs 2] [--local-lr 0.05] [--recon-steps 20]
-//!     [--reconstruct] [--tau 1e-3] [--decay-every 0 --decay 1 (both learning rates × decay every N rounds)]
+//! cargo run -p hearth-tests --bin fed_quality -- scratch [--rounds 60] [--devices 200] [--seed 42]
+//! cargo run -p hearth-tests --bin fed_quality -- half [--eps 1,2,4,8,16|none] [--rounds 20] [--devices 0]
+//! (both) [--groups tower,items,history-items,item-tags] [--clip 1] [--server fedadam|fedavg] [--lr]
+//!     [--tau 1e-3] [--epochs 2] [--local-lr 0.05] [--recon-steps 20] [--decay-every 0 --decay 1]
+//!     [--reconstruct] [--eval-every N]
 //! ```
 //! - `scratch`: federated rounds over every user from the same initialisation as the central
 //!   model (`models/ml100k`, seed 42), no DP, beside that central model.
 //! - `half`: v1 trained centrally on the even users; federated rounds over the odd users, with
 //!   no DP and at each cumulative ε; everything scored on the odd users; central on all users.
 
+use std::fmt::Display;
 use std::path::Path;
+use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use hearth_aggregator::{evaluate_model, load_dataset, read_model_dir, train_model};
 use hearth_core::artifact::TensorFile;
 use hearth_core::artifact::bundle::ModelBundle;
@@ -27,71 +30,190 @@ use hearth_core::fed::layout::Layout;
 use hearth_core::fed::plan::{Group, LocalTraining};
 use hearth_core::privacy::ddg::{DdgConfig, DdgPlan};
 use hearth_core::privacy::rdp::{Accountant, integer_orders};
-use hearth_tests::fed_sim::{Population, SimConfig, run};
+use hearth_tests::fed_sim::{Population, RoundLog, SimConfig, run};
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+#[derive(Parser)]
+#[command(about = "Federated quality on MovieLens 100K (see BENCHMARKS.md)")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
 }
 
-fn num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    arg(name).map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: not a number: {v}"))).unwrap_or(default)
+#[derive(Subcommand)]
+enum Mode {
+    /// Federated rounds over every user from the central model's initialisation, no DP.
+    Scratch {
+        #[arg(long, default_value_t = 60)]
+        rounds: u32,
+        /// Expected devices per round (Poisson sampling).
+        #[arg(long, default_value_t = 200)]
+        devices: u32,
+        /// Sampling and device randomness (the initialisation is always seed 42).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Score every N rounds.
+        #[arg(long, default_value_t = 10)]
+        eval_every: u32,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// v1 central on the even users; federated rounds over the odd users, without DP and at each ε.
+    Half {
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Expected devices per round (0: every odd user, every round).
+        #[arg(long, default_value_t = 0)]
+        devices: u32,
+        /// Cumulative ε targets at δ = 1e-5, comma-separated, or `none`.
+        #[arg(long, default_value = "1,2,4,8,16")]
+        eps: String,
+        /// Score every N rounds (0: only at the end).
+        #[arg(long, default_value_t = 0)]
+        eval_every: u32,
+        #[command(flatten)]
+        opts: Opts,
+    },
 }
 
-fn groups() -> Vec<Group> {
-    arg("--groups")
-        .unwrap_or_else(|| "tower".into())
-        .split(',')
-        .map(|g| match g {
-            "tower" => Group::Tower,
-            "item-tags" => Group::ItemTags,
-            "history-items" => Group::HistoryItems,
-            "items" => Group::Items,
-            other => panic!("unknown group {other} (tower, item-tags, history-items, items)"),
-        })
-        .collect()
+#[derive(Clone, Copy, ValueEnum)]
+enum Server {
+    Fedadam,
+    Fedavg,
 }
 
-fn settings(b: &ModelBundle) -> ModelSettings {
+/// What both modes share: the rounds' settings and how models are scored.
+#[derive(Args)]
+struct Opts {
+    /// Federated parameter groups.
+    #[arg(long, value_delimiter = ',', default_value = "tower")]
+    groups: Vec<GroupArg>,
+    /// L2 clip of each device's update.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    #[arg(long, value_enum, default_value = "fedadam")]
+    server: Server,
+    /// Server learning rate (default 0.01 for FedAdam, 1 for FedAvg).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// FedAdam's adaptivity.
+    #[arg(long, default_value_t = 1e-3)]
+    tau: f64,
+    /// Local epochs.
+    #[arg(long, default_value_t = 2)]
+    epochs: u32,
+    /// Local SGD learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    local_lr: f64,
+    /// Steps fitting the personal vector before the global parameters (Federated Reconstruction).
+    #[arg(long, default_value_t = 20)]
+    recon_steps: u32,
+    /// Probability that a device drops out, at a random stage.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Every N rounds (0: never) both learning rates are multiplied by `--decay`.
+    #[arg(long, default_value_t = 0)]
+    decay_every: u32,
+    #[arg(long, default_value_t = 1.0)]
+    decay: f64,
+    /// Score with the personal vector each device rebuilds (Federated Reconstruction's evaluation).
+    #[arg(long)]
+    reconstruct: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GroupArg {
+    Tower,
+    ItemTags,
+    HistoryItems,
+    Items,
+}
+
+impl Opts {
+    fn groups(&self) -> Vec<Group> {
+        self.groups
+            .iter()
+            .map(|g| match g {
+                GroupArg::Tower => Group::Tower,
+                GroupArg::ItemTags => Group::ItemTags,
+                GroupArg::HistoryItems => Group::HistoryItems,
+                GroupArg::Items => Group::Items,
+            })
+            .collect()
+    }
+
+    fn sim(&self, rounds: u32, devices: u32, noise: f64, min_survivors: u32, seed: u64) -> SimConfig {
+        SimConfig {
+            rounds,
+            devices,
+            groups: self.groups(),
+            local: LocalTraining { epochs: self.epochs, lr: self.local_lr, reconstruction_steps: self.recon_steps, ..LocalTraining::default() },
+            clip: self.clip,
+            noise_multiplier: noise,
+            min_survivors,
+            server: match self.server {
+                Server::Fedavg => ServerOptimizer::FedAvg { lr: self.lr.unwrap_or(1.0) },
+                Server::Fedadam => ServerOptimizer::FedAdam { lr: self.lr.unwrap_or(0.01), beta1: 0.9, beta2: 0.99, tau: self.tau },
+            },
+            dropout: self.dropout,
+            seed,
+            decay_every: self.decay_every,
+            decay: self.decay,
+        }
+    }
+}
+
+/// `what` failed, and why.
+fn ctx<E: Display>(what: &'static str) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+fn settings(b: &ModelBundle) -> Result<ModelSettings, String> {
     let h = &b.manifest.hyper;
-    ModelSettings {
-        link: b.manifest.link().expect("a known link"),
+    Ok(ModelSettings {
+        link: b.manifest.link().map_err(ctx("the model's link"))?,
         rating_weight: h["rating_weight"].as_f64().unwrap_or(0.0) as f32,
         user_l2: h["user_l2"].as_f64().unwrap_or(0.0) as f32,
-    }
+    })
 }
 
-/// How user vectors are made for scoring.
-static RECONSTRUCT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// Scores models the way `eval` does, on one dataset.
+struct Scorer<'a> {
+    /// The model whose manifest, catalog and shapes every scored parameter set shares.
+    bundle: &'a ModelBundle,
+    ds: &'a Dataset,
+    /// With the personal vector each device rebuilds, or from history and profile alone.
+    reconstruct: bool,
+}
 
-/// (sampled HR@10, full HR@10, full NDCG@10) of `bundle` with `global` on `split`: user vectors
-/// from each person's history alone, or with `--reconstruct` plus the personal vector each
-/// person's device rebuilds from the model and their training history (Federated
-/// Reconstruction's evaluation; the same for central and federated models).
-fn score(bundle: &ModelBundle, global: &TensorFile, ds: &Dataset, split: &Split) -> [f64; 3] {
-    let mut b = bundle.clone();
-    b.global = global.clone();
-    b.personal = None;
-    if *RECONSTRUCT.get_or_init(|| std::env::args().any(|a| a == "--reconstruct")) {
-        let pop = Population::new(ds, split);
-        let dims = &bundle.manifest.dims;
-        let rows = hearth_core::platform::par_map(pop.people.len(), |u| {
-            if pop.people[u].history.is_empty() {
-                return vec![0.0; dims.dim];
-            }
-            hearth_core::fed::client::reconstruct::<burn::backend::Autodiff<burn::backend::Flex>>(
-                global, dims, &pop.catalog, &pop.people[u], &settings(bundle), &LocalTraining::default(), u as u64, &Default::default(),
-            )
-            .expect("reconstruction")
-        });
-        let mut t = TensorFile::default();
-        t.insert("personal", vec![rows.len(), dims.dim], rows.concat());
-        b.personal = Some(t);
+impl Scorer<'_> {
+    /// (sampled HR@10, full HR@10, full NDCG@10) of `global` on `split`'s test interactions.
+    fn score(&self, global: &TensorFile, split: &Split) -> Result<[f64; 3], String> {
+        let mut b = self.bundle.clone();
+        b.global = global.clone();
+        b.personal = None;
+        if self.reconstruct {
+            let pop = Population::new(self.ds, split);
+            let dims = &self.bundle.manifest.dims;
+            let settings = settings(self.bundle)?;
+            let rows = hearth_core::platform::par_map(pop.people.len(), |u| {
+                if pop.people[u].history.is_empty() {
+                    return Ok(vec![0.0; dims.dim]);
+                }
+                hearth_core::fed::client::reconstruct::<burn::backend::Autodiff<burn::backend::Flex>>(
+                    global, dims, &pop.catalog, &pop.people[u], &settings, &LocalTraining::default(), u as u64, &Default::default(),
+                )
+                .map_err(ctx("reconstruction"))
+            });
+            let rows = rows.into_iter().collect::<Result<Vec<_>, _>>()?;
+            let mut t = TensorFile::default();
+            t.insert("personal", vec![rows.len(), dims.dim], rows.concat());
+            b.personal = Some(t);
+        }
+        let device = Default::default();
+        let model = b.to_model::<burn::backend::Flex>(&device).map_err(ctx("a model"))?;
+        let r = evaluate_model(&model, self.ds, split, None, 42, &device).map_err(ctx("evaluation"))?;
+        Ok([r.model.sampled.hr, r.model.full.hr, r.model.full.ndcg])
     }
-    let device = Default::default();
-    let model = b.to_model::<burn::backend::Flex>(&device).expect("a model");
-    let r = evaluate_model(&model, ds, split, None, 42, &device).expect("evaluation");
-    [r.model.sampled.hr, r.model.full.hr, r.model.full.ndcg]
 }
 
 fn row(name: &str, s: [f64; 3], base: Option<[f64; 3]>, extra: &str) {
@@ -99,123 +221,148 @@ fn row(name: &str, s: [f64; 3], base: Option<[f64; 3]>, extra: &str) {
     println!("| {name} | {:.4} | {:.4} | {:.4} | {ratio} | {extra} |", s[0], s[1], s[2]);
 }
 
-fn sim(rounds: u32, devices: u32, noise: f64, min_survivors: u32, seed: u64) -> SimConfig {
-    SimConfig {
-        rounds,
-        devices,
-        groups: groups(),
-        local: LocalTraining { epochs: num("--epochs", 2), lr: num("--local-lr", 0.05), reconstruction_steps: num("--recon-steps", 20), ..LocalTraining::default() },
-        clip: num("--clip", 1.0),
-        noise_multiplier: noise,
-        min_survivors,
-        server: match arg("--server").as_deref() {
-            Some("fedavg") => ServerOptimizer::FedAvg { lr: num("--lr", 1.0) },
-            _ => ServerOptimizer::FedAdam { lr: num("--lr", 0.01), beta1: 0.9, beta2: 0.99, tau: num("--tau", 1e-3) },
-        },
-        dropout: num("--dropout", 0.0),
-        seed,
-        decay_every: num("--decay-every", 0),
-        decay: num("--decay", 1.0),
-    }
-}
-
 /// The noise multiplier whose rounds reach cumulative ε = `target` at δ = 1e-5 after `rounds`
 /// rounds of about `devices` survivors sampled at rate `q` (the mechanism the rounds really run).
-fn noise_for(target: f64, rounds: u32, devices: u32, q: f64, dim: usize, clip: f64) -> f64 {
-    let eps = |z: f64| {
-        let plan = DdgPlan::new(dim, &DdgConfig { clip, noise_multiplier: z, min_survivors: devices, max_clients: devices, ..DdgConfig::default() }).expect("a plan");
+fn noise_for(target: f64, rounds: u32, devices: u32, q: f64, dim: usize, clip: f64) -> Result<f64, String> {
+    let eps = |z: f64| -> Result<f64, String> {
+        let plan = DdgPlan::new(dim, &DdgConfig { clip, noise_multiplier: z, min_survivors: devices, max_clients: devices, ..DdgConfig::default() }).map_err(ctx("a noise plan"))?;
         let mut a = Accountant::with_orders(integer_orders());
-        a.compose(&plan.mechanism(q, devices), rounds).expect("accountable");
-        a.epsilon(1e-5).expect("epsilon").0
+        a.compose(&plan.mechanism(q, devices), rounds).map_err(ctx("the accountant"))?;
+        Ok(a.epsilon(1e-5).map_err(ctx("ε"))?.0)
     };
     let (mut lo, mut hi) = (0.05f64, 200.0f64);
     for _ in 0..60 {
         let mid = (lo * hi).sqrt();
-        if eps(mid) > target { lo = mid } else { hi = mid }
+        if eps(mid)? > target { lo = mid } else { hi = mid }
     }
-    hi
+    Ok(hi)
 }
 
-fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_default();
+/// Runs the rounds, scoring every `every` rounds (0: never) with `score`, which may fail: the
+/// first failure ends the run.
+#[allow(clippy::too_many_arguments)]
+fn rounds_scored(
+    pop: &Population,
+    eligible: &[u32],
+    start: &TensorFile,
+    model: &ModelBundle,
+    cfg: &SimConfig,
+    every: u32,
+    mut on_round: impl FnMut(&RoundLog),
+    mut score: impl FnMut(u32, &TensorFile) -> Result<(), String>,
+) -> Result<TensorFile, String> {
+    let mut failed = Ok(());
+    let end = run(pop, eligible, &model.manifest.dims, &settings(model)?, start.clone(), cfg, |l, g| {
+        on_round(l);
+        if failed.is_ok() && every > 0 && l.round % every == 0 {
+            failed = score(l.round, g);
+        }
+    })?;
+    failed.map(|()| end)
+}
+
+fn main() -> ExitCode {
+    match main_() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fed_quality: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_() -> Result<(), String> {
+    let cli = Cli::parse();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ds = load_dataset(&hearth_tests::ml100k_dir(), None).expect("MovieLens 100K");
-    let split = leave_one_out(&ds).expect("a split");
-    let central = read_model_dir(&root.join("models/ml100k")).expect("the committed model");
+    let ds = load_dataset(&hearth_tests::ml100k_dir(), None).map_err(ctx("MovieLens 100K"))?;
+    let split = leave_one_out(&ds).map_err(ctx("a split"))?;
+    let central = read_model_dir(&root.join("models/ml100k")).map_err(ctx("the committed model"))?;
     let dims = central.manifest.dims;
     let pop = Population::new(&ds, &split);
     let t0 = std::time::Instant::now();
-    match mode.as_str() {
-        "scratch" => {
-            let rounds = num("--rounds", 60);
-            let devices = num("--devices", 200);
-            let every = num("--eval-every", 10);
+    match cli.mode {
+        Mode::Scratch { rounds, devices, seed, eval_every, opts } => {
+            let scorer = Scorer { bundle: &central, ds: &ds, reconstruct: opts.reconstruct };
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(42);
             let init = hearth_core::model::GlobalParams::<burn::backend::Flex>::init(&dims, &mut rng, &Default::default()).to_file();
             let everyone: Vec<u32> = (0..ds.users.len() as u32).collect();
-            let base = score(&central, &central.global, &ds, &split);
+            let base = scorer.score(&central.global, &split)?;
             println!("| model | sampled HR@10 | full HR@10 | full NDCG@10 | / central (sampled / full) | |\n|---|---|---|---|---|---|");
             row("central (models/ml100k, seed 42)", base, None, "");
-            row("initialisation", score(&central, &init, &ds, &split), Some(base), "");
-            let cfg = sim(rounds, devices, 0.0, 10, num("--seed", 42));
-            run(&pop, &everyone, &dims, &settings(&central), init, &cfg, |l, g| {
-                eprintln!("round {}: {} devices ({} failed local training), local loss {:.3} -> {:.3}, {:.1} s", l.round, l.survivors, l.failed, l.local_loss.0, l.local_loss.1, l.secs);
-                if l.round % every == 0 || l.round == rounds {
-                    row(&format!("federated, {} rounds of ~{devices}", l.round), score(&central, g, &ds, &split), Some(base), &format!("{:.0} s", t0.elapsed().as_secs_f64()));
-                }
-            })
-            .expect("rounds");
+            row("initialisation", scorer.score(&init, &split)?, Some(base), "");
+            let cfg = opts.sim(rounds, devices, 0.0, 10, seed);
+            let every = eval_every.max(1);
+            let scored = |round: u32, g: &TensorFile| -> Result<(), String> {
+                row(&format!("federated, {round} rounds of ~{devices}"), scorer.score(g, &split)?, Some(base), &format!("{:.0} s", t0.elapsed().as_secs_f64()));
+                Ok(())
+            };
+            let end = rounds_scored(
+                &pop,
+                &everyone,
+                &init,
+                &central,
+                &cfg,
+                every,
+                |l| eprintln!("round {}: {} devices ({} failed local training), local loss {:.3} -> {:.3}, {:.1} s", l.round, l.survivors, l.failed, l.local_loss.0, l.local_loss.1, l.secs),
+                scored,
+            )?;
+            if rounds % every != 0 {
+                scored(rounds, &end)?;
+            }
         }
-        "half" => {
-            let rounds = num("--rounds", 20);
+        Mode::Half { rounds, devices, eps, eval_every, opts } => {
+            let scorer = Scorer { bundle: &central, ds: &ds, reconstruct: opts.reconstruct };
+            let targets = eps.split(',').filter(|e| *e != "none").map(|e| e.parse::<f64>().map_err(|_| format!("--eps: not a number: {e}"))).collect::<Result<Vec<_>, _>>()?;
             let odd: Vec<u32> = (0..ds.users.len() as u32).filter(|u| u % 2 == 1).collect();
-            let devices = match num("--devices", 0) { 0 => odd.len() as u32, d => d };
+            let devices = match devices { 0 => odd.len() as u32, d => d };
             let q = (f64::from(devices) / odd.len() as f64).min(1.0);
             let on_odd = Split { train: split.train.clone(), test: split.test.iter().filter(|h| h.user % 2 == 1).copied().collect() };
             // v1: central training on the even users' interactions only.
             let even = Dataset { interactions: ds.interactions.iter().filter(|x| x.user % 2 == 0).copied().collect(), ..ds.clone() };
-            let v1 = train_model(&even, None, &serde_json::from_value(central.manifest.hyper.clone()).expect("the committed config"), hearth_aggregator::Backend::Cpu, &mut |_| {})
-                .expect("v1")
-                .bundle;
-            let base = score(&central, &v1.global, &ds, &on_odd);
+            let config = serde_json::from_value(central.manifest.hyper.clone()).map_err(ctx("the committed config"))?;
+            let v1 = train_model(&even, None, &config, hearth_aggregator::Backend::Cpu, &mut |_| {}).map_err(ctx("v1"))?.bundle;
+            let base = scorer.score(&v1.global, &on_odd)?;
             println!("| model (scored on the odd users) | sampled HR@10 | full HR@10 | full NDCG@10 | / v1 (sampled / full) | rounds, ε, noise |\n|---|---|---|---|---|---|");
             row("v1: central on the even users", base, None, "");
-            let layout = Layout::new(&dims, &groups());
+            let layout = Layout::new(&dims, &opts.groups());
             // The noise is sized for 90 % of the expected devices surviving.
             let min_survivors = (f64::from(devices) * 0.9) as u32;
-            let last = |name: String, noise: f64, seed: u64| -> [f64; 3] {
+            let last = |name: String, noise: f64, seed: u64| -> Result<[f64; 3], String> {
                 let mut final_eps = None;
-                let every = num("--eval-every", 0u32);
-                let g = run(&pop, &odd, &dims, &settings(&v1), v1.global.clone(), &sim(rounds, devices, noise, min_survivors, seed), |l, g| {
-                    final_eps = l.epsilon;
-                    eprintln!(
-                        "{name} round {}: {} devices, ε {:?}, local loss {:.3} -> {:.3}, device update norm p50 {:.4}, mean update norm {:.4}, {:.1} s",
-                        l.round, l.survivors, l.epsilon, l.local_loss.0, l.local_loss.1, l.device_norm_p50, l.update_norm, l.secs
-                    );
-                    if every > 0 && l.round % every == 0 {
-                        let s = score(&central, g, &ds, &on_odd);
-                        eprintln!("{name} after round {}: {:.4} / {:.4} / {:.4}", l.round, s[0], s[1], s[2]);
-                    }
-                })
-                .expect("rounds");
-                let s = score(&central, &g, &ds, &on_odd);
+                let g = rounds_scored(
+                    &pop,
+                    &odd,
+                    &v1.global,
+                    &v1,
+                    &opts.sim(rounds, devices, noise, min_survivors, seed),
+                    eval_every,
+                    |l| {
+                        final_eps = l.epsilon;
+                        eprintln!(
+                            "{name} round {}: {} devices, ε {:?}, local loss {:.3} -> {:.3}, device update norm p50 {:.4}, mean update norm {:.4}, {:.1} s",
+                            l.round, l.survivors, l.epsilon, l.local_loss.0, l.local_loss.1, l.device_norm_p50, l.update_norm, l.secs
+                        );
+                    },
+                    |round, g| {
+                        let s = scorer.score(g, &on_odd)?;
+                        eprintln!("{name} after round {round}: {:.4} / {:.4} / {:.4}", s[0], s[1], s[2]);
+                        Ok(())
+                    },
+                )?;
+                let s = scorer.score(&g, &on_odd)?;
                 row(&name, s, Some(base), &format!("{rounds} × ~{devices} devices, ε {}, z {noise:.2}", final_eps.map_or("∞ (no DP)".into(), |e| format!("{e:.2}"))));
-                s
+                Ok(s)
             };
-            let open = last("+ federated, no DP".into(), 0.0, 1);
-            let targets = arg("--eps").unwrap_or_else(|| "1,2,4,8,16".into());
-            for target in targets.split(',').filter(|e| *e != "none").map(|e| e.parse::<f64>().expect("an ε")) {
-                let z = noise_for(target, rounds, min_survivors, q, layout.len(), num("--clip", 1.0));
-                let s = last(format!("+ federated, ε = {target}"), z, 2);
+            let open = last("+ federated, no DP".into(), 0.0, 1)?;
+            for target in targets {
+                let z = noise_for(target, rounds, min_survivors, q, layout.len(), opts.clip)?;
+                let s = last(format!("+ federated, ε = {target}"), z, 2)?;
                 let kept = (s[1] - base[1]) / (open[1] - base[1]);
                 eprintln!("ε {target}: keeps {:.0} % of the non-private gain in full HR@10", 100.0 * kept);
             }
-            row("central on all users (models/ml100k)", score(&central, &central.global, &ds, &on_odd), Some(base), "");
-        }
-        _ => {
-            eprintln!("usage: fed_quality scratch|half [options] (see the file's header)");
-            std::process::exit(2);
+            row("central on all users (models/ml100k)", scorer.score(&central.global, &on_odd)?, Some(base), "");
         }
     }
     eprintln!("{:.0} s", t0.elapsed().as_secs_f64());
+    Ok(())
 }
