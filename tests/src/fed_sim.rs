@@ -10,7 +10,7 @@ use burn::backend::{Autodiff, Flex};
 use hearth_core::artifact::{ModelDims, TensorFile};
 use hearth_core::data::{Dataset, Split};
 use hearth_core::fed::aggregate::{ServerOptimizer, ServerState, aggregate};
-use hearth_core::fed::client::{CatalogTags, ModelSettings, PersonData, local_update};
+use hearth_core::fed::client::{DeviceCatalog, ModelSettings, PersonData, local_update};
 use hearth_core::fed::layout::Layout;
 use hearth_core::fed::plan::{Group, LocalTraining, RoundPlan};
 use hearth_core::privacy::ddg::DdgConfig;
@@ -34,21 +34,29 @@ static EMPTY_UPDATE: Update = (Vec::new(), (0.0, 0.0), Vec::new(), (0.0, 0.0), 0
 pub struct Population {
     /// Per user: their data as their device holds it.
     pub people: Vec<PersonData>,
-    /// Item tags of the catalog.
-    pub catalog: CatalogTags,
+    /// The served catalog's side of training (tags, popularity).
+    pub catalog: DeviceCatalog,
 }
 
 impl Population {
-    /// Every user of `ds`, holding their `split.train` interactions.
-    pub fn new(ds: &Dataset, split: &Split) -> Population {
+    /// Every user of `ds`, holding their `split.train` interactions, with the catalog
+    /// popularity `popularity` (the served model's).
+    pub fn new(ds: &Dataset, split: &Split, popularity: &[u32]) -> Population {
         let n = ds.users.len();
-        let histories = hearth_core::data::per_user_in_time_order(&split.train, n, |x| (x.item, x.rating));
+        // Times only where the data has a real order (central training treats the rest as sets).
+        let ordered = ds.order().order == hearth_core::data::Order::Sequential;
+        let histories = hearth_core::data::per_user_in_time_order(&split.train, n, |x| (x.item, x.rating, x.timestamp));
         let people = histories
             .into_iter()
             .zip(&ds.users)
-            .map(|(h, u)| PersonData { history: h.iter().map(|&(i, _)| i).collect(), ratings: h.iter().map(|&(_, r)| r).collect(), tags: u.tags.clone() })
+            .map(|(h, u)| PersonData {
+                history: h.iter().map(|x| x.0).collect(),
+                ratings: h.iter().map(|x| x.1).collect(),
+                times: if ordered { h.iter().map(|x| x.2).collect() } else { vec![] },
+                tags: u.tags.clone(),
+            })
             .collect();
-        let catalog = CatalogTags { items: ds.items.iter().map(|i| i.tags.clone()).collect(), item_tags: ds.item_tags.len() };
+        let catalog = DeviceCatalog { items: ds.items.iter().map(|i| i.tags.clone()).collect(), item_tags: ds.item_tags.len(), popularity: popularity.to_vec() };
         Population { people, catalog }
     }
 }

@@ -8,7 +8,7 @@
 //! cargo run -p hearth-tests --bin fed_quality -- half [--eps 1,2,4,8,16|none] [--rounds 20] [--devices 0]
 //! (both) [--groups tower,items,history-items,item-tags] [--clip 1] [--server fedadam|fedavg] [--lr]
 //!     [--tau 1e-3] [--epochs 2] [--local-lr 0.05] [--recon-steps 20] [--decay-every 0 --decay 1]
-//!     [--reconstruct] [--eval-every N]
+//!     [--reconstruct] [--eval-every N] [--local-user-l2 P] [--uniform-negatives]
 //! ```
 //! - `scratch`: federated rounds over every user from the same initialisation as the central
 //!   model (`models/ml100k`, seed 42), no DP, beside that central model.
@@ -98,10 +98,13 @@ struct Opts {
     /// FedAdam's adaptivity.
     #[arg(long, default_value_t = 1e-3)]
     tau: f64,
+    /// The user-vector penalty of the local steps (default: the model's).
+    #[arg(long)]
+    local_user_l2: Option<f64>,
     /// Local epochs.
     #[arg(long, default_value_t = 2)]
     epochs: u32,
-    /// Local SGD learning rate.
+    /// Local learning rate.
     #[arg(long, default_value_t = 0.05)]
     local_lr: f64,
     /// Steps fitting the personal vector before the global parameters (Federated Reconstruction).
@@ -118,6 +121,10 @@ struct Opts {
     /// Score with the personal vector each device rebuilds (Federated Reconstruction's evaluation).
     #[arg(long)]
     reconstruct: bool,
+    /// Local negatives drawn uniformly, without the logQ correction (the default draws them as
+    /// central training's candidates, partly by the served catalog's popularity).
+    #[arg(long)]
+    uniform_negatives: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -129,6 +136,16 @@ enum GroupArg {
 }
 
 impl Opts {
+    /// How devices train `model`: as its manifest says, or with uniform negatives.
+    fn settings(&self, model: &ModelBundle) -> Result<ModelSettings, String> {
+        let mut settings = ModelSettings::of(&model.manifest).map_err(ctx("the model's settings"))?;
+        if self.uniform_negatives {
+            settings.candidate_mix = (0.0, 1.0);
+        }
+
+        Ok(settings)
+    }
+
     fn groups(&self) -> Vec<Group> {
         self.groups
             .iter()
@@ -146,7 +163,7 @@ impl Opts {
             rounds,
             devices,
             groups: self.groups(),
-            local: LocalTraining { epochs: self.epochs, lr: self.local_lr, reconstruction_steps: self.recon_steps, ..LocalTraining::default() },
+            local: LocalTraining { epochs: self.epochs, lr: self.local_lr, reconstruction_steps: self.recon_steps, user_l2: self.local_user_l2, ..LocalTraining::default() },
             clip: self.clip,
             noise_multiplier: noise,
             min_survivors,
@@ -167,14 +184,6 @@ fn ctx<E: Display>(what: &'static str) -> impl FnOnce(E) -> String {
     move |e| format!("{what}: {e}")
 }
 
-fn settings(b: &ModelBundle) -> Result<ModelSettings, String> {
-    let h = &b.manifest.hyper;
-    Ok(ModelSettings {
-        link: b.manifest.link().map_err(ctx("the model's link"))?,
-        rating_weight: h["rating_weight"].as_f64().unwrap_or(0.0) as f32,
-        user_l2: h["user_l2"].as_f64().unwrap_or(0.0) as f32,
-    })
-}
 
 /// Scores models the way `eval` does, on one dataset.
 struct Scorer<'a> {
@@ -192,9 +201,9 @@ impl Scorer<'_> {
         b.global = global.clone();
         b.personal = None;
         if self.reconstruct {
-            let pop = Population::new(self.ds, split);
+            let pop = Population::new(self.ds, split, &self.bundle.catalog.popularity);
             let dims = &self.bundle.manifest.dims;
-            let settings = settings(self.bundle)?;
+            let settings = ModelSettings::of(&self.bundle.manifest).map_err(ctx("the model's settings"))?;
             let rows = hearth_core::platform::par_map(pop.people.len(), |u| {
                 if pop.people[u].history.is_empty() {
                     return Ok(vec![0.0; dims.dim]);
@@ -245,14 +254,15 @@ fn rounds_scored(
     pop: &Population,
     eligible: &[u32],
     start: &TensorFile,
-    model: &ModelBundle,
+    dims: &hearth_core::artifact::ModelDims,
+    settings: &ModelSettings,
     cfg: &SimConfig,
     every: u32,
     mut on_round: impl FnMut(&RoundLog),
     mut score: impl FnMut(u32, &TensorFile) -> Result<(), String>,
 ) -> Result<TensorFile, String> {
     let mut failed = Ok(());
-    let end = run(pop, eligible, &model.manifest.dims, &settings(model)?, start.clone(), cfg, |l, g| {
+    let end = run(pop, eligible, dims, settings, start.clone(), cfg, |l, g| {
         on_round(l);
         if failed.is_ok() && every > 0 && l.round % every == 0 {
             failed = score(l.round, g);
@@ -278,7 +288,6 @@ fn main_() -> Result<(), String> {
     let split = leave_one_out(&ds).map_err(ctx("a split"))?;
     let central = read_model_dir(&root.join("models/ml100k")).map_err(ctx("the committed model"))?;
     let dims = central.manifest.dims;
-    let pop = Population::new(&ds, &split);
     let t0 = std::time::Instant::now();
     match cli.mode {
         Mode::Scratch { rounds, devices, seed, eval_every, opts } => {
@@ -286,6 +295,7 @@ fn main_() -> Result<(), String> {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(42);
             let init = hearth_core::model::GlobalParams::<burn::backend::Flex>::init(&dims, &mut rng, &Default::default()).to_file();
             let everyone: Vec<u32> = (0..ds.users.len() as u32).collect();
+            let pop = Population::new(&ds, &split, &central.catalog.popularity);
             let base = scorer.score(&central.global, &split)?;
             println!("| model | sampled HR@10 | full HR@10 | full NDCG@10 | / central (sampled / full) | |\n|---|---|---|---|---|---|");
             row("central (models/ml100k, seed 42)", base, None, "");
@@ -300,7 +310,8 @@ fn main_() -> Result<(), String> {
                 &pop,
                 &everyone,
                 &init,
-                &central,
+                &dims,
+                &opts.settings(&central)?,
                 &cfg,
                 every,
                 |l| eprintln!("round {}: {} devices ({} failed local training), local loss {:.3} -> {:.3}, {:.1} s", l.round, l.survivors, l.failed, l.local_loss.0, l.local_loss.1, l.secs),
@@ -321,6 +332,8 @@ fn main_() -> Result<(), String> {
             let even = Dataset { interactions: ds.interactions.iter().filter(|x| x.user % 2 == 0).copied().collect(), ..ds.clone() };
             let config = serde_json::from_value(central.manifest.hyper.clone()).map_err(ctx("the committed config"))?;
             let v1 = train_model(&even, None, &config, hearth_aggregator::Backend::Cpu, &mut |_| {}).map_err(ctx("v1"))?.bundle;
+            let pop = Population::new(&ds, &split, &v1.catalog.popularity);
+            let settings = opts.settings(&v1)?;
             let base = scorer.score(&v1.global, &on_odd)?;
             println!("| model (scored on the odd users) | sampled HR@10 | full HR@10 | full NDCG@10 | / v1 (sampled / full) | rounds, ε, noise |\n|---|---|---|---|---|---|");
             row("v1: central on the even users", base, None, "");
@@ -333,7 +346,8 @@ fn main_() -> Result<(), String> {
                     &pop,
                     &odd,
                     &v1.global,
-                    &v1,
+                    &dims,
+                    &settings,
                     &opts.sim(rounds, devices, noise, min_survivors, seed),
                     eval_every,
                     |l| {

@@ -9,9 +9,13 @@
 //! leaves the device, and only clipped, noised and masked (`privacy::ddg`, `secagg`).
 //!
 //! The local objective is the central one for a single person: each of their interactions is a
-//! target predicted from the ones before it, in a softmax against uniformly sampled negatives
-//! (items the person has touched are never negatives), through the model's link, weighted by
-//! the rating's confidence, with the user-vector penalty.
+//! target predicted from the ones before it, in a softmax against sampled negatives (items the
+//! person has touched are never negatives), through the model's link, weighted by the rating's
+//! confidence, with the user-vector penalty. The negatives are drawn as central training's
+//! candidates are: a share in proportion to the served catalog's popularity (central training's
+//! in-batch targets) and the rest uniformly, every logit corrected by its candidate's log
+//! sampling probability (logQ, Yi et al. RecSys 2019). Uniform negatives alone rarely hold the
+//! popular items a person did not pick, so local steps learned little about ranking them.
 
 use burn::module::{AutodiffModule, Param, ParamId};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
@@ -34,17 +38,23 @@ pub struct PersonData {
     pub history: Vec<u32>,
     /// The rating or play count of each (1.0 where there is none).
     pub ratings: Vec<f32>,
+    /// When each happened (any monotone clock; items sharing a time are a set, as in central
+    /// training), or empty when the history has no order (then it is one set).
+    pub times: Vec<i64>,
     /// Their user tags (e.g. age band) in the model's vocabulary.
     pub tags: Vec<u32>,
 }
 
-/// The catalog side a device trains with: each item's tags (the served catalog's).
+/// The catalog side a device trains with, all of it public (the served catalog's).
 #[derive(Debug, Clone, PartialEq)]
-pub struct CatalogTags {
+pub struct DeviceCatalog {
     /// Tag indices of each item, by catalog index.
     pub items: Vec<Vec<u32>>,
     /// Size of the item tag vocabulary.
     pub item_tags: usize,
+    /// How often each item was a training target of the served model (`Catalog::popularity`),
+    /// by catalog index; empty: negatives are drawn uniformly.
+    pub popularity: Vec<u32>,
 }
 
 /// The model's training settings a device needs (from its manifest).
@@ -56,6 +66,69 @@ pub struct ModelSettings {
     pub rating_weight: f32,
     /// User-vector penalty (`TrainConfig::user_l2`).
     pub user_l2: f32,
+    /// Weights of the popularity-drawn and the uniform candidates of central training
+    /// (`batch` and `negatives` of its configuration when it corrected by logQ; `(0, 1)`: uniform
+    /// negatives, no correction).
+    pub candidate_mix: (f32, f32),
+}
+
+impl ModelSettings {
+    /// The settings a model's manifest records (its link and training configuration).
+    pub fn of(manifest: &crate::artifact::ModelManifest) -> Result<ModelSettings, FedError> {
+        let h = &manifest.hyper;
+        let number = |key: &str| h.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0) as f32;
+        let logq = h.get("logq").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        Ok(ModelSettings {
+            link: manifest.link().map_err(FedError::Plan)?,
+            rating_weight: number("rating_weight"),
+            user_l2: number("user_l2"),
+            candidate_mix: if logq { (number("batch"), number("negatives")) } else { (0.0, 1.0) },
+        })
+    }
+}
+
+/// How a device draws its negatives: the mixture of central training's candidates, and each
+/// item's log probability under it (None: uniform, no correction needed).
+struct Sampler {
+    items: u32,
+    /// Cumulative popularity, and the probability of a popularity draw.
+    popular: Option<(Vec<u64>, f64)>,
+    log_q: Option<Vec<f32>>,
+}
+
+impl Sampler {
+    fn new(catalog: &DeviceCatalog, items: usize, mix: (f32, f32)) -> Result<Sampler, FedError> {
+        let (p, u) = (f64::from(mix.0), f64::from(mix.1));
+        let total: u64 = catalog.popularity.iter().map(|&c| u64::from(c)).sum();
+        if !(p.is_finite() && u.is_finite() && p >= 0.0 && u >= 0.0 && p + u > 0.0) {
+            return Err(FedError::Plan(format!("candidate weights {p} and {u}")));
+        }
+        if p == 0.0 || total == 0 {
+            return Ok(Sampler { items: items as u32, popular: None, log_q: None });
+        }
+        if catalog.popularity.len() != items {
+            return Err(FedError::Shape(format!("popularity of {} items for a model of {items}", catalog.popularity.len())));
+        }
+        let cumulative = catalog.popularity.iter().scan(0u64, |acc, &c| { *acc += u64::from(c); Some(*acc) }).collect();
+        Ok(Sampler {
+            items: items as u32,
+            popular: Some((cumulative, p / (p + u))),
+            log_q: Some(crate::model::mixture_log_q(&catalog.popularity, p, u)),
+        })
+    }
+
+    fn draw(&self, rng: &mut ChaCha8Rng, count: u32) -> Vec<u32> {
+        (0..count.max(1))
+            .map(|_| match &self.popular {
+                Some((cumulative, share)) if rng.random::<f64>() < *share => {
+                    let total = cumulative.last().copied().unwrap_or(1);
+                    let x = rng.random_range(0..total);
+                    cumulative.partition_point(|&c| c <= x) as u32
+                }
+                _ => rng.random_range(0..self.items),
+            })
+            .collect()
+    }
 }
 
 /// What a device's local training produced.
@@ -89,18 +162,37 @@ fn ids_of<B: Backend>(g: &GlobalParams<B>, names: &[&str]) -> Vec<ParamId> {
     out
 }
 
-/// One step's examples: rows of (context, target, confidence).
+/// The person's examples: rows of (context, target, confidence). Contexts are central
+/// training's (`model::Examples`: the items before the target and its tie-mates, at most
+/// `history_len`), drawn afresh by [`Steps::redraw`] each epoch as central training does.
+#[derive(Clone)]
 struct Steps {
+    source: crate::model::Examples,
+    history_len: usize,
     contexts: Vec<Vec<u32>>,
     targets: Vec<u32>,
     weights: Vec<f32>,
 }
 
-fn examples(person: &PersonData, history_len: usize, rating_weight: f32) -> Steps {
-    let h = &person.history;
-    let contexts = (0..h.len()).map(|t| h[t.saturating_sub(history_len)..t].to_vec()).collect();
-    let weights = (0..h.len()).map(|t| 1.0 + rating_weight * person.ratings.get(t).copied().unwrap_or(1.0).max(0.0).ln_1p()).collect();
-    Steps { contexts, targets: h.clone(), weights }
+impl Steps {
+    fn new(person: &PersonData, history_len: usize, rating_weight: f32, rng: &mut ChaCha8Rng) -> Result<Steps, FedError> {
+        let h = &person.history;
+        let order = match person.times.len() {
+            0 => crate::data::Order::Unordered,
+            n if n == h.len() && person.times.is_sorted() => crate::data::Order::Sequential,
+            n => return Err(FedError::Training(format!("{n} times for a history of {}, or out of order", h.len()))),
+        };
+        let timed: Vec<(u32, i64)> = h.iter().enumerate().map(|(t, &i)| (i, person.times.get(t).copied().unwrap_or(0))).collect();
+        let weights = (0..h.len()).map(|t| 1.0 + rating_weight * person.ratings.get(t).copied().unwrap_or(1.0).max(0.0).ln_1p()).collect();
+        let mut steps = Steps { source: crate::model::Examples::new(&[timed], order), history_len, contexts: vec![], targets: h.clone(), weights };
+        steps.redraw(rng);
+        Ok(steps)
+    }
+
+    fn redraw(&mut self, rng: &mut ChaCha8Rng) {
+        let mut scratch = vec![];
+        self.contexts = (0..self.targets.len()).map(|t| self.source.context(0, t, self.history_len, rng, &mut scratch)).collect();
+    }
 }
 
 /// What the loss of rows `rows` reads: the user tower's vectors `[b, d]` (without the personal
@@ -119,15 +211,22 @@ fn inputs<B: Backend>(model: &TwoTower<B>, ex: &Steps, rows: &[usize], negatives
 }
 
 /// The local loss of user vectors `u` `[b, d]` against their targets `vt` and the shared
-/// negatives `vn`: softmax cross-entropy through the link (negatives the person touched masked),
+/// negatives `vn`: softmax cross-entropy through the link (negatives the person touched masked,
+/// every candidate corrected by its log sampling probability when the draws were not uniform),
 /// weighted by each example's confidence, plus the user-vector penalty.
 #[allow(clippy::too_many_arguments)]
-fn loss_of<B: Backend>(u: Tensor<B, 2>, vt: Tensor<B, 2>, vn: Tensor<B, 2>, ex: &Steps, rows: &[usize], negatives: &[u32], positives: &std::collections::HashSet<u32>, s: &ModelSettings, device: &B::Device) -> Tensor<B, 1> {
+fn loss_of<B: Backend>(u: Tensor<B, 2>, vt: Tensor<B, 2>, vn: Tensor<B, 2>, ex: &Steps, rows: &[usize], negatives: &[u32], positives: &std::collections::HashSet<u32>, s: &ModelSettings, log_q: Option<&[f32]>, device: &B::Device) -> Tensor<B, 1> {
     let (b, m) = (rows.len(), negatives.len());
     let zt = u.clone().mul(vt).sum_dim(1); // [b, 1]
     let zn = u.clone().matmul(vn.transpose()); // [b, m]
-    let mask: Vec<f32> = negatives.iter().map(|n| if positives.contains(n) { -1e9 } else { 0.0 }).collect();
-    let logits = link_logits(Tensor::cat(vec![zt, zn], 1), s.link) + Tensor::<B, 2>::from_data(TensorData::new([vec![0.0], mask].concat(), [1, 1 + m]), device);
+    let q = |i: u32| log_q.map_or(0.0, |l| l[i as usize]);
+    let shift: Vec<f32> = negatives.iter().map(|&n| if positives.contains(&n) { -1e9 } else { -q(n) }).collect();
+    let target_shift: Vec<f32> = rows.iter().map(|&r| -q(ex.targets[r])).collect();
+    let shift = Tensor::cat(
+        vec![Tensor::<B, 2>::from_data(TensorData::new(target_shift, [b, 1]), device), Tensor::<B, 2>::from_data(TensorData::new(shift, [1, m]), device).repeat_dim(0, b)],
+        1,
+    );
+    let logits = link_logits(Tensor::cat(vec![zt, zn], 1), s.link) + shift;
     let w: Vec<f32> = rows.iter().map(|&r| ex.weights[r]).collect();
     let total: f32 = w.iter().sum();
     let w = Tensor::<B, 2>::from_data(TensorData::new(w, [b, 1]), device);
@@ -137,10 +236,10 @@ fn loss_of<B: Backend>(u: Tensor<B, 2>, vt: Tensor<B, 2>, vn: Tensor<B, 2>, ex: 
 
 /// The whole model's local loss on rows `rows` (user vectors with the personal vector).
 #[allow(clippy::too_many_arguments)]
-fn loss<B: Backend>(model: &TwoTower<B>, ex: &Steps, rows: &[usize], negatives: &[u32], positives: &std::collections::HashSet<u32>, s: &ModelSettings, history_len: usize, device: &B::Device) -> Tensor<B, 1> {
+fn loss<B: Backend>(model: &TwoTower<B>, ex: &Steps, rows: &[usize], negatives: &[u32], positives: &std::collections::HashSet<u32>, s: &ModelSettings, log_q: Option<&[f32]>, history_len: usize, device: &B::Device) -> Tensor<B, 1> {
     let [shared, vt, vn] = inputs(model, ex, rows, negatives, history_len, device);
     let u = shared + model.personal.weight.val().slice([0..1]);
-    loss_of(u, vt, vn, ex, rows, negatives, positives, s, device)
+    loss_of(u, vt, vn, ex, rows, negatives, positives, s, log_q, device)
 }
 
 /// The personal vector alone, trained by SGD while everything else is constant.
@@ -154,12 +253,13 @@ struct Local<B: AutodiffBackend> {
     model: TwoTower<B>,
     ex: Steps,
     positives: std::collections::HashSet<u32>,
+    sampler: Sampler,
     rng: ChaCha8Rng,
 }
 
 impl<B: AutodiffBackend> Local<B> {
     #[allow(clippy::too_many_arguments)]
-    fn new(global: &TensorFile, dims: &ModelDims, catalog: &CatalogTags, person: &PersonData, settings: &ModelSettings, local: &LocalTraining, seed: u64, device: &B::Device) -> Result<Self, FedError> {
+    fn new(global: &TensorFile, dims: &ModelDims, catalog: &DeviceCatalog, person: &PersonData, settings: &ModelSettings, local: &LocalTraining, seed: u64, device: &B::Device) -> Result<Self, FedError> {
         let n_items = dims.items as u32;
         if person.history.is_empty() || person.history.iter().any(|&i| i >= n_items) {
             return Err(FedError::Training(format!("a history of {} items, all in a catalog of {n_items}", person.history.len())));
@@ -174,31 +274,28 @@ impl<B: AutodiffBackend> Local<B> {
             personal: PersonalTable::zeros(1, dims.dim, device),
             features: Features::new(&item_tags, catalog.item_tags, &[tags.as_slice()], dims.user_tags, device),
         };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ local.seed.rotate_left(17));
         Ok(Local {
             model,
-            ex: examples(person, dims.history, settings.rating_weight),
+            ex: Steps::new(person, dims.history, settings.rating_weight, &mut rng)?,
             positives: person.history.iter().copied().collect(),
-            rng: ChaCha8Rng::seed_from_u64(seed ^ local.seed.rotate_left(17)),
+            sampler: Sampler::new(catalog, dims.items, settings.candidate_mix)?,
+            rng,
         })
-    }
-
-    fn negatives(&mut self, count: u32) -> Vec<u32> {
-        let n = self.model.dims().items as u32;
-        (0..count.max(1)).map(|_| self.rng.random_range(0..n)).collect()
     }
 
     /// Reconstruction: the personal vector alone, on the whole history, by SGD; the tower's
     /// vectors and the item vectors are constants for it, computed once.
     fn reconstruct(&mut self, settings: &ModelSettings, local: &LocalTraining, device: &B::Device) -> Tensor<B, 2> {
         let all: Vec<usize> = (0..self.ex.targets.len()).collect();
-        let negatives = self.negatives(local.negatives);
+        let negatives = self.sampler.draw(&mut self.rng, local.negatives);
         let history = self.model.dims().history;
         let [shared, vt, vn] = inputs(&self.model, &self.ex, &all, &negatives, history, device).map(|t| t.detach());
         let mut personal = Personal { p: Param::from_tensor(Tensor::<B, 2>::zeros([1, shared.dims()[1]], device)) };
         let mut sgd = SgdConfig::new().init::<B, Personal<B>>();
         for _ in 0..local.reconstruction_steps {
             let u = shared.clone() + personal.p.val();
-            let l = loss_of(u, vt.clone(), vn.clone(), &self.ex, &all, &negatives, &self.positives, settings, device);
+            let l = loss_of(u, vt.clone(), vn.clone(), &self.ex, &all, &negatives, &self.positives, settings, self.sampler.log_q.as_deref(), device);
             let grads = GradientsParams::from_grads(l.backward(), &personal);
             personal = sgd.step(local.reconstruction_lr, personal, grads);
         }
@@ -215,7 +312,7 @@ impl<B: AutodiffBackend> Local<B> {
 pub fn reconstruct<B: AutodiffBackend>(
     global: &TensorFile,
     dims: &ModelDims,
-    catalog: &CatalogTags,
+    catalog: &DeviceCatalog,
     person: &PersonData,
     settings: &ModelSettings,
     local: &LocalTraining,
@@ -233,7 +330,7 @@ pub fn reconstruct<B: AutodiffBackend>(
 pub fn local_update<B: AutodiffBackend>(
     global: &TensorFile,
     dims: &ModelDims,
-    catalog: &CatalogTags,
+    catalog: &DeviceCatalog,
     layout: &Layout,
     person: &PersonData,
     settings: &ModelSettings,
@@ -244,24 +341,29 @@ pub fn local_update<B: AutodiffBackend>(
     let before = layout.flatten(global)?;
     let mut l = Local::<B>::new(global, dims, catalog, person, settings, local, seed, device)?;
     l.reconstruct(settings, local, device);
-    let Local { mut model, ex, positives, mut rng } = l;
-    let n_items = dims.items as u32;
-    let draw = |rng: &mut ChaCha8Rng| -> Vec<u32> { (0..local.negatives.max(1)).map(|_| rng.random_range(0..n_items)).collect() };
+    // The global steps' penalty: the plan's, where it sets one.
+    let settings = &ModelSettings { user_l2: local.user_l2.map_or(settings.user_l2, |p| p as f32), ..*settings };
+    let Local { mut model, mut ex, positives, sampler, mut rng } = l;
+    let log_q = sampler.log_q.as_deref();
     let all: Vec<usize> = (0..ex.targets.len()).collect();
-    let eval_negatives = draw(&mut rng);
-    let value = |model: &TwoTower<B>| -> f32 { loss(model, &ex, &all, &eval_negatives, &positives, settings, dims.history, device).into_scalar().elem::<f32>() };
+    let eval_negatives = sampler.draw(&mut rng, local.negatives);
+    let fixed = ex.clone();
+    let value = |model: &TwoTower<B>| -> f32 { loss(model, &fixed, &all, &eval_negatives, &positives, settings, log_q, dims.history, device).into_scalar().elem::<f32>() };
     let loss_before = value(&model);
 
     // The federated groups, with the personal vector frozen.
     let federated = ids_of(&model.global, &layout.names());
     let mut sgd = SgdConfig::new().init::<B, TwoTower<B>>();
     let mut order = all.clone();
-    for _ in 0..local.epochs {
+    for epoch in 0..local.epochs {
         use rand::seq::SliceRandom;
+        if epoch > 0 {
+            ex.redraw(&mut rng);
+        }
         order.shuffle(&mut rng);
         for rows in order.chunks(local.batch as usize) {
-            let negatives = draw(&mut rng);
-            let l = loss(&model, &ex, rows, &negatives, &positives, settings, dims.history, device);
+            let negatives = sampler.draw(&mut rng, local.negatives);
+            let l = loss(&model, &ex, rows, &negatives, &positives, settings, log_q, dims.history, device);
             let grads = GradientsParams::from_params(&mut l.backward(), &model, &federated);
             model = sgd.step(local.lr, model, grads);
         }
@@ -274,4 +376,100 @@ pub fn local_update<B: AutodiffBackend>(
     let after = layout.flatten(&trained)?;
     let delta = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     Ok(LocalUpdate { delta, loss_before, loss_after })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(popularity: Vec<u32>) -> DeviceCatalog {
+        DeviceCatalog { items: vec![vec![]; popularity.len()], item_tags: 0, popularity }
+    }
+
+    #[test]
+    fn negatives_follow_central_trainings_candidate_mixture_and_its_correction() {
+        // Item 0 is 90 % of the targets; one candidate in three is a popularity draw.
+        let s = Sampler::new(&catalog(vec![90, 10, 0, 0]), 4, (1.0, 2.0)).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let draws = s.draw(&mut rng, 60_000);
+        let log_q = s.log_q.as_deref().unwrap();
+        for item in 0..4u32 {
+            let seen = draws.iter().filter(|&&d| d == item).count() as f64 / draws.len() as f64;
+            let q = f64::from(log_q[item as usize]).exp();
+            assert!((seen - q).abs() < 0.01, "item {item}: drawn {seen}, q {q}");
+        }
+        // q(0) = (0.9 + 2/4) / 3, q(2) = (0 + 2/4) / 3: the same formula as central training's.
+        assert!((f64::from(log_q[0]).exp() - 1.4 / 3.0).abs() < 1e-6);
+        assert!((f64::from(log_q[2]).exp() - 0.5 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn without_popularity_or_popular_weight_negatives_are_uniform_and_uncorrected() {
+        for s in [Sampler::new(&catalog(vec![]), 4, (256.0, 512.0)).unwrap(), Sampler::new(&catalog(vec![5, 0, 0, 0]), 4, (0.0, 1.0)).unwrap()] {
+            assert!(s.log_q.is_none());
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let draws = s.draw(&mut rng, 4_000);
+            assert!((0..4).all(|i| draws.iter().filter(|&&d| d == i).count() > 800), "every item drawn about a quarter of the time");
+        }
+        assert!(matches!(Sampler::new(&catalog(vec![1, 2]), 4, (1.0, 1.0)), Err(FedError::Shape(_))), "popularity of the wrong length");
+        assert!(matches!(Sampler::new(&catalog(vec![1; 4]), 4, (f32::NAN, 1.0)), Err(FedError::Plan(_))));
+        assert!(matches!(Sampler::new(&catalog(vec![1; 4]), 4, (0.0, 0.0)), Err(FedError::Plan(_))));
+    }
+
+    #[test]
+    fn contexts_are_central_trainings_earlier_items_and_tie_mates() {
+        let person = PersonData { history: vec![10, 11, 12, 13], ratings: vec![], times: vec![5, 6, 6, 8], tags: vec![] };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let steps = Steps::new(&person, 50, 0.0, &mut rng).unwrap();
+        let sorted = |mut v: Vec<u32>| {
+            v.sort_unstable();
+            v
+        };
+        let contexts: Vec<Vec<u32>> = steps.contexts.iter().cloned().map(sorted).collect();
+        assert_eq!(contexts, vec![vec![], vec![10, 12], vec![10, 11], vec![10, 11, 12]]);
+        // Without times the history is a set: any other items, never the target.
+        let set = PersonData { times: vec![], ..person.clone() };
+        let steps = Steps::new(&set, 50, 0.0, &mut rng).unwrap();
+        for (t, c) in steps.contexts.iter().enumerate() {
+            assert!(!c.is_empty() && !c.contains(&set.history[t]), "{c:?}");
+        }
+        for times in [vec![1, 2], vec![3, 2, 2, 1]] {
+            let bad = PersonData { times, ..person.clone() };
+            assert!(matches!(Steps::new(&bad, 50, 0.0, &mut rng), Err(FedError::Training(_))));
+        }
+    }
+
+    #[test]
+    fn settings_come_from_the_manifest() {
+        let manifest: crate::artifact::ModelManifest =
+            serde_json::from_str(include_str!("../../../../models/ml100k/manifest.json")).unwrap();
+        let s = ModelSettings::of(&manifest).unwrap();
+        assert_eq!(s.candidate_mix, (256.0, 512.0), "logq with batch 256 and 512 negatives");
+        assert_eq!((s.rating_weight, s.user_l2), (1.0, 0.1));
+        let mut uncorrected = manifest.clone();
+        uncorrected.hyper["logq"] = serde_json::Value::Bool(false);
+        assert_eq!(ModelSettings::of(&uncorrected).unwrap().candidate_mix, (0.0, 1.0));
+    }
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn a_plans_local_penalty_changes_the_update_and_a_seed_repeats_it() {
+        type B = burn::backend::Autodiff<burn::backend::Flex>;
+        let dims = ModelDims { items: 30, item_tags: 2, user_tags: 2, users: 1, dim: 4, hidden: 8, history: 5 };
+        let device = Default::default();
+        let global = GlobalParams::<burn::backend::Flex>::init(&dims, &mut ChaCha8Rng::seed_from_u64(1), &device).to_file();
+        let layout = Layout::new(&dims, &[crate::fed::plan::Group::Tower]);
+        let catalog = DeviceCatalog { items: (0..30).map(|i| vec![i % 2]).collect(), item_tags: 2, popularity: (0..30).map(|i| 30 - i).collect() };
+        let person = PersonData { history: vec![3, 1, 4, 15, 9, 2, 6], ratings: vec![4.0; 7], times: vec![1, 2, 2, 3, 4, 4, 5], tags: vec![1] };
+        let settings = ModelSettings { link: Link::Softplus, rating_weight: 1.0, user_l2: 1.0, candidate_mix: (1.0, 2.0) };
+        let local = LocalTraining { reconstruction_steps: 0, epochs: 2, lr: 0.1, ..LocalTraining::default() };
+        let update = |local: &LocalTraining| local_update::<B>(&global, &dims, &catalog, &layout, &person, &settings, local, 9, &device).unwrap();
+        let a = update(&local);
+        assert_eq!(a.delta.len(), layout.len());
+        assert!(a.loss_after < a.loss_before, "{} -> {}", a.loss_before, a.loss_after);
+        assert_eq!(update(&local), a, "deterministic for a seed");
+        let b = update(&LocalTraining { user_l2: Some(0.0), ..local.clone() });
+        assert_ne!(a.delta, b.delta, "the plan's penalty replaces the model's");
+        assert_eq!(update(&LocalTraining { user_l2: Some(1.0), ..local.clone() }), a, "the model's value, given again, changes nothing");
+    }
+
 }

@@ -59,15 +59,21 @@ pub struct LocalTraining {
     pub batch: u32,
     /// Learning rate of the local steps (plain SGD).
     pub lr: f64,
-    /// Uniform negatives per step.
+    /// Negatives per step.
     pub negatives: u32,
     /// Seed of the local shuffles and negatives (mixed with the device's own randomness).
     pub seed: u64,
+    /// The user-vector penalty of the local steps (None: the model's `user_l2`). Central
+    /// training penalises the tower's output plus a free personal vector, which takes part of
+    /// the penalty; a device training with its personal vector at zero puts all of it on the
+    /// tower's output, so a round may lower it (on MovieLens 0 was better, BENCHMARKS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_l2: Option<f64>,
 }
 
 impl Default for LocalTraining {
     fn default() -> LocalTraining {
-        LocalTraining { reconstruction_steps: 20, reconstruction_lr: 0.5, epochs: 1, batch: 32, lr: 0.05, negatives: 256, seed: 1 }
+        LocalTraining { reconstruction_steps: 20, reconstruction_lr: 0.5, epochs: 1, batch: 32, lr: 0.05, negatives: 256, seed: 1, user_l2: None }
     }
 }
 
@@ -122,6 +128,9 @@ impl RoundPlan {
         if !(l.lr.is_finite() && l.lr > 0.0 && l.reconstruction_lr.is_finite() && l.reconstruction_lr > 0.0) || l.batch == 0 || l.epochs == 0 || l.epochs > 100 {
             return bad("local training needs positive learning rates, a batch and 1 to 100 epochs".into());
         }
+        if l.user_l2.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+            return bad(format!("a local user-vector penalty of {:?}", l.user_l2));
+        }
         if !((0.0..=1.0).contains(&self.sampling_rate) && self.delta > 0.0 && self.delta < 1.0) {
             return bad(format!("sampling rate {} and delta {} must be in [0, 1] and (0, 1)", self.sampling_rate, self.delta));
         }
@@ -160,5 +169,43 @@ impl RoundPlan {
         let json = r.take(len).map_err(|e| FedError::Malformed(e.to_string()))?;
         r.end("bytes after the plan").map_err(|e| FedError::Malformed(e.to_string()))?;
         serde_json::from_slice(json).map_err(|e| FedError::Malformed(format!("plan: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(local: LocalTraining) -> RoundPlan {
+        let noise = DdgConfig { min_survivors: 10, max_clients: 20, ..DdgConfig::default() };
+        let padded = DdgPlan::new(100, &noise).unwrap().padded as u32;
+        RoundPlan {
+            model_version: 3,
+            groups: vec![Group::Tower],
+            local,
+            noise,
+            sampling_rate: 0.1,
+            delta: 1e-5,
+            secagg: Params::for_clients([1; 16], 20, padded, 10),
+            rotation_seed: [2; 32],
+            graph_seed: [3; 32],
+            deadline_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_local_penalty_is_optional_on_the_wire_and_checked() {
+        let default = plan(LocalTraining::default());
+        default.check(100).unwrap();
+        let bytes = default.encode();
+        assert!(!String::from_utf8_lossy(&bytes).contains("user_l2"), "a plan without one writes what plans before it did");
+        assert_eq!(RoundPlan::decode(&bytes).unwrap(), default);
+        let zero = plan(LocalTraining { user_l2: Some(0.0), ..LocalTraining::default() });
+        zero.check(100).unwrap();
+        assert_eq!(RoundPlan::decode(&zero.encode()).unwrap().local.user_l2, Some(0.0));
+        for bad in [-0.1, f64::NAN, f64::INFINITY] {
+            let p = plan(LocalTraining { user_l2: Some(bad), ..LocalTraining::default() });
+            assert!(matches!(p.check(100), Err(FedError::Plan(_))), "{bad}");
+        }
     }
 }

@@ -532,7 +532,7 @@ impl Examples {
 
     /// The context of target `t` of user `u` (its tie-mates in an order drawn from `rng`), at
     /// most `len` items, the most recent last.
-    fn context(&self, u: usize, t: usize, len: usize, rng: &mut ChaCha8Rng, scratch: &mut Vec<u32>) -> Vec<u32> {
+    pub(crate) fn context(&self, u: usize, t: usize, len: usize, rng: &mut ChaCha8Rng, scratch: &mut Vec<u32>) -> Vec<u32> {
         let h = &self.histories[u];
         let (start, end) = self.groups[u][t];
         let (start, end) = (start as usize, end as usize);
@@ -728,16 +728,20 @@ pub fn train<B: AutodiffBackend>(
 /// logits is the sampling-bias correction of Yi et al. (RecSys 2019): without it, in-batch
 /// softmax pushes popular items down because they appear as negatives more often.
 fn sampling_log_q(histories: &[Vec<u32>], n_items: usize, batch: usize, negatives: usize) -> Vec<f32> {
-    let mut counts = vec![0f64; n_items];
+    let mut counts = vec![0u32; n_items];
     for &i in histories.iter().flatten() {
-        counts[i as usize] += 1.0;
+        counts[i as usize] += 1;
     }
-    let total = counts.iter().sum::<f64>().max(1.0);
-    let (b, m) = (batch as f64, negatives as f64);
-    counts
-        .iter()
-        .map(|&c| ((b * c / total + m / n_items.max(1) as f64) / (b + m)).max(1e-12).ln() as f32)
-        .collect()
+    mixture_log_q(&counts, batch as f64, negatives as f64)
+}
+
+/// `ln q(j)` when each candidate is drawn in proportion to `counts` with weight `popular` and
+/// uniformly with weight `uniform`: the correction of central training's in-batch negatives
+/// ([`sampling_log_q`]: `batch` and `negatives` columns), and of a device's mixture draws.
+pub fn mixture_log_q(counts: &[u32], popular: f64, uniform: f64) -> Vec<f32> {
+    let total = counts.iter().map(|&c| f64::from(c)).sum::<f64>().max(1.0);
+    let n = counts.len().max(1) as f64;
+    counts.iter().map(|&c| ((popular * f64::from(c) / total + uniform / n) / (popular + uniform)).max(1e-12).ln() as f32).collect()
 }
 
 /// The logits a softmax reads from scores `z = u·v` under `link`. `ln softplus(z)` is computed
