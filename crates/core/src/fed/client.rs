@@ -170,7 +170,6 @@ struct Steps {
     source: crate::model::Examples,
     history_len: usize,
     contexts: Vec<Vec<u32>>,
-    targets: Vec<u32>,
     weights: Vec<f32>,
 }
 
@@ -184,14 +183,19 @@ impl Steps {
         };
         let timed: Vec<(u32, i64)> = h.iter().enumerate().map(|(t, &i)| (i, person.times.get(t).copied().unwrap_or(0))).collect();
         let weights = (0..h.len()).map(|t| 1.0 + rating_weight * person.ratings.get(t).copied().unwrap_or(1.0).max(0.0).ln_1p()).collect();
-        let mut steps = Steps { source: crate::model::Examples::new(&[timed], order), history_len, contexts: vec![], targets: h.clone(), weights };
+        let mut steps = Steps { source: crate::model::Examples::new(&[timed], order), history_len, contexts: vec![], weights };
         steps.redraw(rng);
         Ok(steps)
     }
 
+    /// The targets: the person's items in time order.
+    fn targets(&self) -> &[u32] {
+        &self.source.histories[0]
+    }
+
     fn redraw(&mut self, rng: &mut ChaCha8Rng) {
         let mut scratch = vec![];
-        self.contexts = (0..self.targets.len()).map(|t| self.source.context(0, t, self.history_len, rng, &mut scratch)).collect();
+        self.contexts = (0..self.targets().len()).map(|t| self.source.context(0, t, self.history_len, rng, &mut scratch)).collect();
     }
 }
 
@@ -203,7 +207,7 @@ fn inputs<B: Backend>(model: &TwoTower<B>, ex: &Steps, rows: &[usize], negatives
     let hists: Vec<&[u32]> = rows.iter().map(|&r| ex.contexts[r].as_slice()).collect();
     let batch = UserBatch::<B>::new(&users, &hists, history_len, device);
     let s = model.shared_user_vectors(&batch);
-    let targets: Vec<i32> = rows.iter().map(|&r| ex.targets[r] as i32).collect();
+    let targets: Vec<i32> = rows.iter().map(|&r| ex.targets()[r] as i32).collect();
     let vt = model.item_vectors_of(Tensor::from_data(TensorData::new(targets, [b]), device));
     let neg_ids: Vec<i32> = negatives.iter().map(|&i| i as i32).collect();
     let vn = model.item_vectors_of(Tensor::from_data(TensorData::new(neg_ids, [negatives.len()]), device));
@@ -221,7 +225,7 @@ fn loss_of<B: Backend>(u: Tensor<B, 2>, vt: Tensor<B, 2>, vn: Tensor<B, 2>, ex: 
     let zn = u.clone().matmul(vn.transpose()); // [b, m]
     let q = |i: u32| log_q.map_or(0.0, |l| l[i as usize]);
     let shift: Vec<f32> = negatives.iter().map(|&n| if positives.contains(&n) { -1e9 } else { -q(n) }).collect();
-    let target_shift: Vec<f32> = rows.iter().map(|&r| -q(ex.targets[r])).collect();
+    let target_shift: Vec<f32> = rows.iter().map(|&r| -q(ex.targets()[r])).collect();
     let shift = Tensor::cat(
         vec![Tensor::<B, 2>::from_data(TensorData::new(target_shift, [b, 1]), device), Tensor::<B, 2>::from_data(TensorData::new(shift, [1, m]), device).repeat_dim(0, b)],
         1,
@@ -287,7 +291,7 @@ impl<B: AutodiffBackend> Local<B> {
     /// Reconstruction: the personal vector alone, on the whole history, by SGD; the tower's
     /// vectors and the item vectors are constants for it, computed once.
     fn reconstruct(&mut self, settings: &ModelSettings, local: &LocalTraining, device: &B::Device) -> Tensor<B, 2> {
-        let all: Vec<usize> = (0..self.ex.targets.len()).collect();
+        let all: Vec<usize> = (0..self.ex.targets().len()).collect();
         let negatives = self.sampler.draw(&mut self.rng, local.negatives);
         let history = self.model.dims().history;
         let [shared, vt, vn] = inputs(&self.model, &self.ex, &all, &negatives, history, device).map(|t| t.detach());
@@ -345,7 +349,7 @@ pub fn local_update<B: AutodiffBackend>(
     let settings = &ModelSettings { user_l2: local.user_l2.map_or(settings.user_l2, |p| p as f32), ..*settings };
     let Local { mut model, mut ex, positives, sampler, mut rng } = l;
     let log_q = sampler.log_q.as_deref();
-    let all: Vec<usize> = (0..ex.targets.len()).collect();
+    let all: Vec<usize> = (0..ex.targets().len()).collect();
     let eval_negatives = sampler.draw(&mut rng, local.negatives);
     let fixed = ex.clone();
     let value = |model: &TwoTower<B>| -> f32 { loss(model, &fixed, &all, &eval_negatives, &positives, settings, log_q, dims.history, device).into_scalar().elem::<f32>() };
