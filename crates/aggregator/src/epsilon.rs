@@ -78,3 +78,29 @@ pub fn epsilon(sampling: f64, noise: f64, rounds: u32, delta: f64, distributed: 
     };
     Ok(EpsilonReport { rdp, order, sampling, noise, rounds, delta, distributed })
 }
+
+/// The noise multiplier whose rounds reach cumulative ε = `target` at `delta` after `rounds`
+/// rounds of `clients` survivors sampled at rate `q`, for updates of `dim` values clipped to
+/// `clip` (the distributed mechanism the rounds really run; bisection to 1e-6 relative).
+pub fn noise_for_epsilon(target: f64, rounds: u32, clients: u32, q: f64, dim: usize, clip: f64, delta: f64) -> Result<f64> {
+    let bad = |e: String| AggregatorError::Privacy(e);
+    let eps = |z: f64| -> Result<f64> {
+        let plan = DdgPlan::new(dim, &DdgConfig { clip, noise_multiplier: z, min_survivors: clients, max_clients: clients, ..DdgConfig::default() }).map_err(|e| bad(e.to_string()))?;
+        let mut a = Accountant::with_orders(integer_orders());
+        a.compose(&plan.mechanism(q, clients), rounds).map_err(|e| bad(e.to_string()))?;
+        Ok(a.epsilon(delta).map_err(|e| bad(e.to_string()))?.0)
+    };
+    if !(target.is_finite() && target > 0.0) {
+        return Err(bad(format!("a target ε of {target}")));
+    }
+    let (mut lo, mut hi) = (0.05f64, 200.0f64);
+    for _ in 0..60 {
+        let mid = (lo * hi).sqrt();
+        if eps(mid)? > target {
+            lo = mid
+        } else {
+            hi = mid
+        }
+    }
+    Ok(hi)
+}

@@ -17,6 +17,8 @@ pub mod epsilon;
 pub mod error;
 pub mod io;
 pub mod report;
+pub mod serve;
+pub mod simulate;
 pub mod synth;
 pub mod train;
 

@@ -9,7 +9,10 @@ use hearth_aggregator::{
     Backend, evaluate_dir, fit_calibration, load_dataset, make_split, read_model_dir, report_json, report_table, train_model,
     write_model_dir, attach_shard, publish_model_dir,
 };
+use hearth_aggregator::serve::ServeConfig;
 use hearth_core::model::{Link, TrainConfig};
+
+mod simulate_cli;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -116,6 +119,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the aggregator server: federated rounds over HTTP (configuration: embedded defaults,
+    /// then --config TOML, then HEARTH_AGGREGATOR_* variables, then these flags).
+    Serve {
+        /// A TOML file with any of the settings (`serve --print-config` shows them all).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        over: ServeFlags,
+        /// Print the configuration and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Devices as concurrent tasks speaking HTTP to an aggregator (started here on 127.0.0.1
+    /// unless --server names one), each holding one dataset user's history; prints a table of
+    /// the rounds and writes a plot of HR@10 and cumulative ε.
+    Simulate(simulate_cli::SimulateArgs),
+    /// Move the model store's `latest` pointer back to an earlier published version.
+    Rollback {
+        /// The model store's directory (the server's `<data_dir>/models` by default).
+        #[arg(long, default_value = "data/aggregator/models")]
+        store: PathBuf,
+        /// The version to serve again.
+        #[arg(long)]
+        to: u32,
+    },
     /// Evaluate a model directory beside most-popular, under both protocols.
     Eval {
         #[command(flatten)]
@@ -208,6 +236,58 @@ impl Hyper {
     }
 }
 
+/// Settings of `serve` that flags may override.
+#[derive(clap::Args)]
+struct ServeFlags {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory of the default database and model store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// `sqlite:…` or `postgres://…`.
+    #[arg(long)]
+    database: Option<String>,
+    /// The model the first round trains.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Held-out data each new model is evaluated on.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Stop opening rounds after this many.
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seed of sampling and round seeds (reproducible runs only).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl ServeFlags {
+    fn apply(self, cfg: &mut ServeConfig) {
+        if let Some(v) = self.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = self.database {
+            cfg.database = Some(v);
+        }
+        if let Some(v) = self.model {
+            cfg.model = v;
+        }
+        if let Some(v) = self.eval_data {
+            cfg.eval_data = Some(v);
+        }
+        if let Some(v) = self.rounds {
+            cfg.round.max_rounds = Some(v);
+        }
+        if let Some(v) = self.seed {
+            cfg.round.seed = Some(v);
+        }
+    }
+}
+
 /// A model directory and the data it was trained on.
 #[derive(clap::Args)]
 struct ModelAndData {
@@ -220,6 +300,17 @@ struct ModelAndData {
     /// Optional item CSV for CSV data.
     #[arg(long)]
     items: Option<PathBuf>,
+}
+
+/// The async runtime of `serve` and `simulate`.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Structured logs to stderr, at `RUST_LOG` or `default`.
+fn logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 fn main() {
@@ -370,6 +461,35 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+        }
+        Command::Serve { config, over, print_config } => {
+            let mut cfg = ServeConfig::load(config.as_deref())?;
+            over.apply(&mut cfg);
+            if print_config {
+                print!("{}", cfg.to_toml());
+                return Ok(());
+            }
+            logs("info");
+            eprintln!("# hearth-aggregator serve: configuration\n{}", cfg.to_toml());
+            runtime()?.block_on(async {
+                let running = hearth_aggregator::serve::start(cfg).await?;
+                let addr = running.addr;
+                eprintln!("aggregator on http://{addr}/ (health http://{addr}/health, metrics http://{addr}/metrics, API http://{addr}/openapi.json)");
+                tokio::signal::ctrl_c().await?;
+                eprintln!("stopping");
+                running.shutdown().await;
+                Ok::<(), anyhow::Error>(())
+            })?;
+        }
+        Command::Simulate(args) => simulate_cli::run(args, runtime()?)?,
+        Command::Rollback { store, to } => {
+            runtime()?.block_on(async {
+                let models = hearth_aggregator::serve::models::ModelStore::local(&store)?;
+                let before = models.latest().await?;
+                models.rollback(to).await?;
+                eprintln!("latest: version {} -> {to} ({})", before.map_or("none".into(), |v| v.to_string()), store.display());
+                Ok::<(), anyhow::Error>(())
+            })?;
         }
         Command::Eval { target: ModelAndData { model, data, items }, test, candidates, seed, json } => {
             let ds = load_dataset(&data, items.as_deref())?;

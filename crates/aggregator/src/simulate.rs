@@ -1,0 +1,460 @@
+//! `hearth-aggregator simulate`: devices as concurrent tasks speaking real HTTP to an aggregator
+//! (on 127.0.0.1, started in this process unless `--server` names one). Each device holds one
+//! dataset user's training history and runs the real client code: enrollment with its own
+//! Ed25519 key, local training (`fed::client::local_update`), clipping, rotation and distributed
+//! noise (`privacy::ddg`), and the SecAgg+ client state machine, stage by stage over the API.
+//!
+//! One shortcut, said here: a single watcher long-polls for the next round and tells the device
+//! tasks (a real device would poll on its own); everything a device sends or fetches for a round
+//! — its invitation, the plan, the model files, its four messages and the server's requests —
+//! goes over HTTP, by the device itself. Model files are fetched once per version and shared by
+//! the tasks of this process, as one browser cache would hold them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, Flex};
+use hearth_core::artifact::{ModelManifest, TensorFile};
+use hearth_core::data::{Dataset, Split};
+use hearth_core::fed::client::{DeviceCatalog, ModelSettings, PersonData, local_update};
+use hearth_core::fed::layout::Layout;
+use hearth_core::fed::plan::RoundPlan;
+use hearth_core::secagg::client::Client;
+use hearth_core::secagg::{SecAggError, crypto};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use reqwest::StatusCode;
+use serde::Serialize;
+
+use crate::serve::api::{Enrolled, Enrollment, Invitation, RoundView, enrollment_message};
+
+/// The people who may take part: each one's training history, ratings and tags.
+pub struct Population {
+    /// Per user: their data as their device holds it.
+    pub people: Vec<PersonData>,
+    /// The served catalog's side of training (tags, popularity).
+    pub catalog: DeviceCatalog,
+}
+
+impl Population {
+    /// Every user of `ds`, holding their `split.train` interactions, with the catalog
+    /// popularity `popularity` (the served model's).
+    pub fn new(ds: &Dataset, split: &Split, popularity: &[u32]) -> Population {
+        // Times only where the data has a real order (central training treats the rest as sets).
+        let ordered = ds.order().order == hearth_core::data::Order::Sequential;
+        let histories = hearth_core::data::per_user_in_time_order(&split.train, ds.users.len(), |x| (x.item, x.rating, x.timestamp));
+        let people = histories
+            .into_iter()
+            .zip(&ds.users)
+            .map(|(h, u)| PersonData {
+                history: h.iter().map(|x| x.0).collect(),
+                ratings: h.iter().map(|x| x.1).collect(),
+                times: if ordered { h.iter().map(|x| x.2).collect() } else { vec![] },
+                tags: u.tags.clone(),
+            })
+            .collect();
+        let catalog = DeviceCatalog { items: ds.items.iter().map(|i| i.tags.clone()).collect(), item_tags: ds.item_tags.len(), popularity: popularity.to_vec() };
+        Population { people, catalog }
+    }
+}
+
+/// The signing seed of the device that holds user `user`'s history in a simulation seeded
+/// `seed` (the in-process simulation derives the same).
+pub fn device_signing_seed(seed: u64, user: u32) -> [u8; 32] {
+    let mut s = [7u8; 32];
+    s[..4].copy_from_slice(&user.to_le_bytes());
+    s[4..12].copy_from_slice(&seed.to_le_bytes());
+    s
+}
+
+/// A simulation's settings.
+#[derive(Debug, Clone)]
+pub struct SimulateConfig {
+    /// The aggregator's base URL (`http://127.0.0.1:PORT`).
+    pub server: String,
+    /// Users (by index) whose devices take part.
+    pub users: Vec<u32>,
+    /// Probability that an invited device drops out, at a stage chosen uniformly.
+    pub dropout: f64,
+    /// Seed of the devices' randomness.
+    pub seed: u64,
+    /// Rounds to see end before stopping.
+    pub rounds: u32,
+    /// Devices training at once (local training is CPU-bound).
+    pub parallel_training: usize,
+}
+
+/// What one device did in a round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceOutcome {
+    /// Sent all four messages.
+    #[default]
+    Completed,
+    /// Dropped on purpose (the simulated dropout).
+    Dropped,
+    /// The server did not ask it for a later stage (its neighbours dropped, or it was late).
+    NotAsked,
+    /// Local training failed (it sends nothing, as a real device would not).
+    Failed,
+}
+
+/// One round as the simulation saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimRound {
+    /// Round number.
+    pub round: i64,
+    /// done, aborted or skipped.
+    pub status: String,
+    /// Devices invited, surviving, dropped after sharing keys (server's count).
+    pub invited: u32,
+    /// See `invited`.
+    pub survivors: u32,
+    /// See `invited`.
+    pub dropped: u32,
+    /// Sampled HR@10, full HR@10, full NDCG@10 of the published model (the server's evaluation).
+    pub eval: Option<[f64; 3]>,
+    /// Cumulative ε after the round.
+    pub epsilon: Option<f64>,
+    /// The version it published.
+    pub published: Option<u32>,
+    /// Seconds the round took (server's clock).
+    pub secs: f64,
+}
+
+/// The simulation's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimReport {
+    /// Rounds in order.
+    pub rounds: Vec<SimRound>,
+    /// Devices enrolled.
+    pub devices: u32,
+    /// Dropouts the devices simulated.
+    pub dropouts: u64,
+    /// HTTP requests the devices made, and their latency p50 / p99 (ms).
+    pub requests: u64,
+    /// See `requests`.
+    pub p50_ms: f64,
+    /// See `requests`.
+    pub p99_ms: f64,
+    /// Wall time (s).
+    pub secs: f64,
+}
+
+/// Why the simulation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimulateError {
+    /// HTTP failed.
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The server answered something unexpected.
+    #[error("{0}")]
+    Server(String),
+    /// A device's own code failed.
+    #[error("device: {0}")]
+    Device(String),
+}
+
+type Res<T> = Result<T, SimulateError>;
+
+/// A model version as a device holds it.
+struct DeviceModel {
+    global: TensorFile,
+    manifest: ModelManifest,
+    settings: ModelSettings,
+}
+
+/// What the device tasks share: the HTTP client, the model cache, the latency log.
+struct Shared {
+    http: reqwest::Client,
+    base: String,
+    pop: Arc<Population>,
+    models: tokio::sync::Mutex<HashMap<u32, Arc<DeviceModel>>>,
+    training: tokio::sync::Semaphore,
+    latencies: std::sync::Mutex<Vec<f32>>,
+    dropout: f64,
+    seed: u64,
+}
+
+impl Shared {
+    /// Sends a request, retrying 429/503 with backoff, and logs its latency.
+    async fn send(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Res<reqwest::Response> {
+        let mut pause = Duration::from_millis(20);
+        for _ in 0..50 {
+            let t = Instant::now();
+            let res = make().send().await?;
+            if let Ok(mut l) = self.latencies.lock() {
+                l.push(t.elapsed().as_secs_f32() * 1e3);
+            }
+            if res.status() == StatusCode::TOO_MANY_REQUESTS || res.status() == StatusCode::SERVICE_UNAVAILABLE {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            return Ok(res);
+        }
+        Err(SimulateError::Server("the server kept refusing with 429/503".into()))
+    }
+
+    async fn bytes(&self, url: &str) -> Res<Vec<u8>> {
+        let res = self.send(|| self.http.get(url)).await?;
+        if !res.status().is_success() {
+            return Err(SimulateError::Server(format!("GET {url}: {}", res.status())));
+        }
+        Ok(res.bytes().await?.to_vec())
+    }
+
+    async fn model(&self, version: u32) -> Res<Arc<DeviceModel>> {
+        let mut cache = self.models.lock().await;
+        if let Some(m) = cache.get(&version) {
+            return Ok(m.clone());
+        }
+        let global = self.bytes(&format!("{}/v1/models/{version}/global.bin", self.base)).await?;
+        let manifest = self.bytes(&format!("{}/v1/models/{version}/manifest.json", self.base)).await?;
+        let manifest: ModelManifest = serde_json::from_slice(&manifest).map_err(|e| SimulateError::Device(format!("manifest: {e}")))?;
+        if manifest.files.get("global.bin").map(String::as_str) != Some(crate::serve::models::sha256_hex(&global).as_str()) {
+            return Err(SimulateError::Device(format!("global.bin of version {version} does not match its manifest")));
+        }
+        let global = TensorFile::decode(&global).map_err(|e| SimulateError::Device(format!("global.bin: {e}")))?;
+        let settings = ModelSettings::of(&manifest).map_err(|e| SimulateError::Device(e.to_string()))?;
+        let m = Arc::new(DeviceModel { global, manifest, settings });
+        cache.insert(version, m.clone());
+        Ok(m)
+    }
+
+    async fn post(&self, round: i64, body: Vec<u8>) -> Res<()> {
+        let url = format!("{}/v1/rounds/{round}/messages", self.base);
+        let res = self.send(|| self.http.post(&url).header("content-type", "application/octet-stream").body(body.clone())).await?;
+        match res.status() {
+            StatusCode::ACCEPTED | StatusCode::OK => Ok(()),
+            s => Err(SimulateError::Server(format!("POST {url}: {s}: {}", res.text().await.unwrap_or_default()))),
+        }
+    }
+
+    /// The server's request for `stage`, or None when this client is not asked.
+    async fn ask(&self, round: i64, index: u32, stage: u32) -> Res<Option<Vec<u8>>> {
+        let url = format!("{}/v1/rounds/{round}/requests/{index}?stage={stage}&wait_ms=20000", self.base);
+        loop {
+            let res = self.send(|| self.http.get(&url)).await?;
+            match res.status() {
+                StatusCode::OK => return Ok(Some(res.bytes().await?.to_vec())),
+                StatusCode::TOO_EARLY => continue,
+                StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(None),
+                s => return Err(SimulateError::Server(format!("GET {url}: {s}"))),
+            }
+        }
+    }
+}
+
+/// One device: its user, key and id.
+struct Device {
+    user: u32,
+    signing: [u8; 32],
+    id: i64,
+}
+
+async fn enroll(shared: &Shared, user: u32) -> Res<Device> {
+    let signing = device_signing_seed(shared.seed, user);
+    let (pair, public) = crypto::signing_key(&signing).map_err(|e| SimulateError::Device(e.to_string()))?;
+    let proof = ring::signature::KeyPair::public_key(&pair);
+    debug_assert_eq!(proof.as_ref(), public);
+    let sig = pair.sign(&enrollment_message(&public));
+    let hex = crate::serve::models::hex;
+    let body = Enrollment { public_key: hex(&public), proof: hex(sig.as_ref()) };
+    let url = format!("{}/v1/devices", shared.base);
+    let res = shared.send(|| shared.http.post(&url).json(&body)).await?;
+    if !res.status().is_success() {
+        return Err(SimulateError::Server(format!("enrollment: {}", res.status())));
+    }
+    let e: Enrolled = res.json().await?;
+    Ok(Device { user, signing, id: e.device_id })
+}
+
+/// A device's part in round `round`.
+async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Option<DeviceOutcome>> {
+    let url = format!("{}/v1/rounds/{round}/participants/{}", shared.base, device.id);
+    let res = shared.send(|| shared.http.get(&url)).await?;
+    if res.status() == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !res.status().is_success() {
+        return Err(SimulateError::Server(format!("GET {url}: {}", res.status())));
+    }
+    let Invitation { index, .. } = res.json().await?;
+    let plan = RoundPlan::decode(&shared.bytes(&format!("{}/v1/rounds/{round}/plan", shared.base)).await?).map_err(|e| SimulateError::Device(e.to_string()))?;
+    let model = shared.model(plan.model_version).await?;
+    let r = round as u64;
+    let user = device.user;
+    let mut rng = ChaCha20Rng::seed_from_u64(shared.seed.wrapping_mul(31) ^ (u64::from(user) << 32) ^ r ^ 0x5eed);
+    let drop_at: u32 = if rng.random::<f64>() < shared.dropout { rng.random_range(0..4) } else { 4 };
+    // Local training and encoding, off the async threads.
+    let words = {
+        let _permit = shared.training.acquire().await.map_err(|e| SimulateError::Device(e.to_string()))?;
+        let (shared2, model2, plan2) = (shared.clone(), model.clone(), plan.clone());
+        let seed = shared.seed;
+        tokio::task::spawn_blocking(move || -> Option<Vec<u32>> {
+            let dims = &model2.manifest.dims;
+            let layout = Layout::new(dims, &plan2.groups);
+            let person = &shared2.pop.people[user as usize];
+            let u = local_update::<Autodiff<Flex>>(&model2.global, dims, &shared2.pop.catalog, &layout, person, &model2.settings, &plan2.local, u64::from(user) << 20 | r, &Default::default()).ok()?;
+            let mut device_rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(31) ^ (u64::from(user) << 32) ^ r);
+            plan2.ddg(layout.len()).ok()?.encode(&u.delta, plan2.rotation_seed, &mut device_rng).ok()
+        })
+        .await
+        .map_err(|e| SimulateError::Device(e.to_string()))?
+    };
+    let Some(words) = words else { return Ok(Some(DeviceOutcome::Failed)) };
+    let (mut client, advert) = Client::new(plan.secagg.clone(), index, device.signing, rng.random()).map_err(|e| SimulateError::Device(e.to_string()))?;
+    if drop_at == 0 {
+        return Ok(Some(DeviceOutcome::Dropped));
+    }
+    shared.post(round, advert).await?;
+    for stage in 1..=3u32 {
+        let Some(request) = shared.ask(round, index, stage).await? else { return Ok(Some(DeviceOutcome::NotAsked)) };
+        if drop_at == stage {
+            return Ok(Some(DeviceOutcome::Dropped));
+        }
+        let reply = match stage {
+            1 => client.share_keys(&request),
+            2 => client.masked_input(&request, &words),
+            _ => client.unmask(&request),
+        };
+        match reply {
+            Ok(reply) => shared.post(round, reply).await?,
+            Err(SecAggError::Abort(_)) => return Ok(Some(DeviceOutcome::NotAsked)),
+            Err(e) => return Err(SimulateError::Device(format!("user {user}, stage {stage}: {e}"))),
+        }
+    }
+    Ok(Some(DeviceOutcome::Completed))
+}
+
+/// What the simulation tells its caller as it goes.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Devices enrolled so far.
+    Enrolled(u32),
+    /// A round ended.
+    Round(SimRound),
+}
+
+/// Runs the devices until `cfg.rounds` rounds have ended on the server.
+pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: impl FnMut(Progress)) -> Res<SimReport> {
+    let t0 = Instant::now();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(4096).timeout(Duration::from_secs(120)).build()?;
+    let shared = Arc::new(Shared {
+        http,
+        base: cfg.server.trim_end_matches('/').to_owned(),
+        pop,
+        models: tokio::sync::Mutex::new(HashMap::new()),
+        training: tokio::sync::Semaphore::new(cfg.parallel_training.max(1)),
+        latencies: std::sync::Mutex::new(Vec::new()),
+        dropout: cfg.dropout,
+        seed: cfg.seed,
+    });
+    // Enroll every device (in parallel, bounded).
+    let mut devices = Vec::with_capacity(cfg.users.len());
+    for chunk in cfg.users.chunks(64) {
+        let got = futures::future::join_all(chunk.iter().map(|&u| enroll(&shared, u))).await;
+        for d in got {
+            devices.push(Arc::new(d?));
+        }
+        progress(Progress::Enrolled(devices.len() as u32));
+    }
+    let (round_tx, round_rx) = tokio::sync::watch::channel(0i64);
+    let dropouts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let errors: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for d in &devices {
+        let (shared, d, mut rx, dropouts, errors) = (shared.clone(), d.clone(), round_rx.clone(), dropouts.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = 0i64;
+            while rx.changed().await.is_ok() {
+                let round = *rx.borrow_and_update();
+                if round <= seen {
+                    continue;
+                }
+                seen = round;
+                match take_part(shared.clone(), &d, round).await {
+                    Ok(Some(DeviceOutcome::Dropped)) => {
+                        dropouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Ok(mut v) = errors.lock() {
+                            v.push(format!("device {} (user {}), round {round}: {e}", d.id, d.user));
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // The watcher: the next round, then its end.
+    let mut rounds = Vec::new();
+    let mut after = 0i64;
+    while (rounds.len() as u32) < cfg.rounds {
+        let url = format!("{}/v1/rounds/current?after={after}&wait_ms=20000", shared.base);
+        let res = shared.send(|| shared.http.get(&url)).await?;
+        if res.status() == StatusCode::NOT_FOUND {
+            continue;
+        }
+        if !res.status().is_success() {
+            return Err(SimulateError::Server(format!("GET {url}: {}", res.status())));
+        }
+        let v: RoundView = res.json().await?;
+        after = v.number;
+        if v.status == "open" {
+            let _ = round_tx.send(v.number);
+        }
+        let v = wait_end(&shared, v).await?;
+        let rep = v.report.clone().unwrap_or_default();
+        let r = SimRound {
+            round: v.number,
+            status: v.status,
+            invited: rep.invited,
+            survivors: rep.survivors,
+            dropped: rep.dropped,
+            eval: rep.eval,
+            epsilon: rep.epsilon_total,
+            published: rep.published,
+            secs: rep.secs,
+        };
+        progress(Progress::Round(r.clone()));
+        rounds.push(r);
+        if let Ok(e) = errors.lock()
+            && let Some(first) = e.first()
+        {
+            return Err(SimulateError::Device(format!("{} device errors; the first: {first}", e.len())));
+        }
+    }
+    drop(round_tx);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut lat = shared.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_by(f32::total_cmp);
+    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0) as f64;
+    Ok(SimReport {
+        rounds,
+        devices: devices.len() as u32,
+        dropouts: dropouts.load(std::sync::atomic::Ordering::Relaxed),
+        requests: lat.len() as u64,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Long-polls a round until it ends.
+async fn wait_end(shared: &Shared, mut v: RoundView) -> Res<RoundView> {
+    while v.status == "open" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let url = format!("{}/v1/rounds/{}", shared.base, v.number);
+        let res = shared.send(|| shared.http.get(&url)).await?;
+        if !res.status().is_success() {
+            return Err(SimulateError::Server(format!("GET {url}: {}", res.status())));
+        }
+        v = res.json().await?;
+    }
+    Ok(v)
+}
