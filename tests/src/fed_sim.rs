@@ -8,9 +8,8 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use hearth_core::artifact::{ModelDims, TensorFile};
-use hearth_core::data::{Dataset, Split};
 use hearth_core::fed::aggregate::{ServerOptimizer, ServerState, aggregate};
-use hearth_core::fed::client::{DeviceCatalog, ModelSettings, PersonData, local_update};
+use hearth_core::fed::client::{ModelSettings, local_update};
 use hearth_core::fed::layout::Layout;
 use hearth_core::fed::plan::{Group, LocalTraining, RoundPlan};
 use hearth_core::privacy::ddg::DdgConfig;
@@ -30,36 +29,7 @@ type Update = (Vec<u32>, (f32, f32), Vec<f32>, (f64, f64), f64);
 /// What stands for a device that sends nothing (it never reaches the masked input).
 static EMPTY_UPDATE: Update = (Vec::new(), (0.0, 0.0), Vec::new(), (0.0, 0.0), 0.0);
 
-/// The people who may take part: each one's training history, ratings and tags.
-pub struct Population {
-    /// Per user: their data as their device holds it.
-    pub people: Vec<PersonData>,
-    /// The served catalog's side of training (tags, popularity).
-    pub catalog: DeviceCatalog,
-}
-
-impl Population {
-    /// Every user of `ds`, holding their `split.train` interactions, with the catalog
-    /// popularity `popularity` (the served model's).
-    pub fn new(ds: &Dataset, split: &Split, popularity: &[u32]) -> Population {
-        let n = ds.users.len();
-        // Times only where the data has a real order (central training treats the rest as sets).
-        let ordered = ds.order().order == hearth_core::data::Order::Sequential;
-        let histories = hearth_core::data::per_user_in_time_order(&split.train, n, |x| (x.item, x.rating, x.timestamp));
-        let people = histories
-            .into_iter()
-            .zip(&ds.users)
-            .map(|(h, u)| PersonData {
-                history: h.iter().map(|x| x.0).collect(),
-                ratings: h.iter().map(|x| x.1).collect(),
-                times: if ordered { h.iter().map(|x| x.2).collect() } else { vec![] },
-                tags: u.tags.clone(),
-            })
-            .collect();
-        let catalog = DeviceCatalog { items: ds.items.iter().map(|i| i.tags.clone()).collect(), item_tags: ds.item_tags.len(), popularity: popularity.to_vec() };
-        Population { people, catalog }
-    }
-}
+pub use hearth_aggregator::simulate::Population;
 
 /// One simulation's settings.
 #[derive(Debug, Clone)]
@@ -208,7 +178,7 @@ pub fn run(
             .collect();
         // Survivors all trained: their updates are there.
         let updates: Vec<&Update> = updates.iter().map(|u| u.as_ref().unwrap_or(&EMPTY_UPDATE)).collect();
-        let signing: Vec<[u8; 32]> = invited.iter().map(|&u| { let mut s = [7u8; 32]; s[..4].copy_from_slice(&u.to_le_bytes()); s }).collect();
+        let signing: Vec<[u8; 32]> = invited.iter().map(|&u| hearth_aggregator::simulate::device_signing_seed(cfg.seed, u)).collect();
         let keys: Vec<[u8; 32]> = signing.iter().map(|s| crypto::signing_key(s).map(|k| k.1).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
         let mut server = Server::new(plan.secagg.clone(), keys, plan.graph_seed).map_err(|e| e.to_string())?;
         let mut up = vec![0usize; invited.len()];

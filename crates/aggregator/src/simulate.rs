@@ -178,23 +178,32 @@ struct Shared {
 }
 
 impl Shared {
-    /// Sends a request, retrying 429/503 with backoff, and logs its latency.
+    /// Sends a request, retrying 429/503 and failed connections (a server restarting) with
+    /// backoff for up to a minute, and logs its latency.
     async fn send(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Res<reqwest::Response> {
         let mut pause = Duration::from_millis(20);
-        for _ in 0..50 {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
             let t = Instant::now();
-            let res = make().send().await?;
+            let res = match make().send().await {
+                Ok(r) => r,
+                Err(e) if (e.is_connect() || e.is_request()) && Instant::now() < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if let Ok(mut l) = self.latencies.lock() {
                 l.push(t.elapsed().as_secs_f32() * 1e3);
             }
-            if res.status() == StatusCode::TOO_MANY_REQUESTS || res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            if (res.status() == StatusCode::TOO_MANY_REQUESTS || res.status() == StatusCode::SERVICE_UNAVAILABLE) && Instant::now() < give_up {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
                 continue;
             }
             return Ok(res);
         }
-        Err(SimulateError::Server("the server kept refusing with 429/503".into()))
     }
 
     async fn bytes(&self, url: &str) -> Res<Vec<u8>> {

@@ -28,8 +28,6 @@ use hearth_core::fed::aggregate::ServerOptimizer;
 use hearth_core::fed::client::ModelSettings;
 use hearth_core::fed::layout::Layout;
 use hearth_core::fed::plan::{Group, LocalTraining};
-use hearth_core::privacy::ddg::{DdgConfig, DdgPlan};
-use hearth_core::privacy::rdp::{Accountant, integer_orders};
 use hearth_tests::fed_sim::{Population, RoundLog, SimConfig, run};
 
 #[derive(Parser)]
@@ -230,23 +228,6 @@ fn row(name: &str, s: [f64; 3], base: Option<[f64; 3]>, extra: &str) {
     println!("| {name} | {:.4} | {:.4} | {:.4} | {ratio} | {extra} |", s[0], s[1], s[2]);
 }
 
-/// The noise multiplier whose rounds reach cumulative ε = `target` at δ = 1e-5 after `rounds`
-/// rounds of about `devices` survivors sampled at rate `q` (the mechanism the rounds really run).
-fn noise_for(target: f64, rounds: u32, devices: u32, q: f64, dim: usize, clip: f64) -> Result<f64, String> {
-    let eps = |z: f64| -> Result<f64, String> {
-        let plan = DdgPlan::new(dim, &DdgConfig { clip, noise_multiplier: z, min_survivors: devices, max_clients: devices, ..DdgConfig::default() }).map_err(ctx("a noise plan"))?;
-        let mut a = Accountant::with_orders(integer_orders());
-        a.compose(&plan.mechanism(q, devices), rounds).map_err(ctx("the accountant"))?;
-        Ok(a.epsilon(1e-5).map_err(ctx("ε"))?.0)
-    };
-    let (mut lo, mut hi) = (0.05f64, 200.0f64);
-    for _ in 0..60 {
-        let mid = (lo * hi).sqrt();
-        if eps(mid)? > target { lo = mid } else { hi = mid }
-    }
-    Ok(hi)
-}
-
 /// Runs the rounds, scoring every `every` rounds (0: never) with `score`, which may fail: the
 /// first failure ends the run.
 #[allow(clippy::too_many_arguments)]
@@ -369,7 +350,7 @@ fn main_() -> Result<(), String> {
             };
             let open = last("+ federated, no DP".into(), 0.0, 1)?;
             for target in targets {
-                let z = noise_for(target, rounds, min_survivors, q, layout.len(), opts.clip)?;
+                let z = hearth_aggregator::epsilon::noise_for_epsilon(target, rounds, min_survivors, q, layout.len(), opts.clip, 1e-5).map_err(ctx("the noise"))?;
                 let s = last(format!("+ federated, ε = {target}"), z, 2)?;
                 let kept = (s[1] - base[1]) / (open[1] - base[1]);
                 eprintln!("ε {target}: keeps {:.0} % of the non-private gain in full HR@10", 100.0 * kept);

@@ -482,9 +482,12 @@ pub struct Invitation {
 
 /// Whether a device was invited to a round, and its client index.
 #[utoipa::path(get, path = "/v1/rounds/{number}/participants/{device}", params(("number" = i64, Path, description = "round number"), ("device" = i64, Path, description = "device id")),
-    responses((status = 200, body = Invitation), (status = 404, description = "not_invited or no_round", body = ErrorBody)))]
+    responses((status = 200, body = Invitation), (status = 404, description = "not_invited, unknown_device or no_round", body = ErrorBody)))]
 async fn invitation(State(app): State<App>, Path((number, device)): Path<(i64, i64)>) -> Result<Json<Invitation>, ApiError> {
     let f = app.facts(number).await?;
+    if app.inner.store.device_keys(&[device]).await?.first().copied().flatten().is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_device", format!("device {device} is not enrolled")));
+    }
     let index = *f.index_of.get(&device).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_invited", format!("device {device} is not in round {number}")))?;
     Ok(Json(Invitation { round: number, index }))
 }
@@ -548,11 +551,12 @@ async fn submit(State(app): State<App>, Path(number): Path<i64>, body: Result<By
             Ok((StatusCode::ACCEPTED, Json(Accepted { stage, status: "accepted".into() })))
         }
         Inserted::Again => Ok((StatusCode::OK, Json(Accepted { stage, status: "already_accepted".into() }))),
-        Inserted::Conflict => Err(ApiError::new(StatusCode::CONFLICT, "duplicate", format!("client {index} already sent a different message for stage {stage}"))),
-        Inserted::Closed => {
+        Inserted::Conflict | Inserted::Closed => {
             let r = app.inner.store.round(number).await?;
             if r.is_some_and(|r| r.status != "open") {
                 Err(ApiError::new(StatusCode::GONE, "round_closed", format!("round {number} has ended")))
+            } else if inserted == Inserted::Conflict {
+                Err(ApiError::new(StatusCode::CONFLICT, "duplicate", format!("client {index} already sent a different message for stage {stage}")))
             } else {
                 Err(ApiError::new(StatusCode::CONFLICT, "wrong_stage", format!("round {number} does not accept stage {stage} now")))
             }

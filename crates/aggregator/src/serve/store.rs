@@ -268,6 +268,14 @@ macro_rules! store_impl {
 
             fn device_keys<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, StoreResult<Vec<Option<[u8; 32]>>>> {
                 Box::pin(async move {
+                    if ids.len() <= 16 {
+                        let mut out = Vec::with_capacity(ids.len());
+                        for id in ids {
+                            let key: Option<Vec<u8>> = sqlx::query_scalar("SELECT public_key FROM devices WHERE id = $1").bind(*id).fetch_optional(&self.pool).await?;
+                            out.push(key.map(key32).transpose()?);
+                        }
+                        return Ok(out);
+                    }
                     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, public_key FROM devices ORDER BY id").fetch_all(&self.pool).await?;
                     let mut by_id = std::collections::HashMap::with_capacity(rows.len());
                     for (id, key) in rows {
