@@ -83,7 +83,15 @@ pub struct SimulateConfig {
     pub rounds: u32,
     /// Devices training at once (local training is CPU-bound).
     pub parallel_training: usize,
+    /// Updates computed by an earlier run, reused when a device trains the same model version
+    /// in the same round (and filled otherwise). burn's CPU autodiff does not give the same
+    /// last bits twice, so two runs that should publish the same model can compare only when
+    /// their devices send the same words: the crash test uses this to test the server alone.
+    pub updates: Option<Arc<UpdateCache>>,
 }
+
+/// Encoded updates by (user, round, SHA-256 of the model's global.bin).
+pub type UpdateCache = std::sync::Mutex<HashMap<(u32, i64, String), Vec<u32>>>;
 
 /// What one device did in a round.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,6 +147,22 @@ pub struct SimReport {
     pub p99_ms: f64,
     /// Wall time (s).
     pub secs: f64,
+    /// Every message the server acknowledged.
+    #[serde(skip)]
+    pub acked: Vec<Acked>,
+}
+
+/// A message the server acknowledged (202, or 200 for a resubmission).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// Round number.
+    pub round: i64,
+    /// Stage (0 advertise_keys … 3 unmask).
+    pub stage: u32,
+    /// The device's client index.
+    pub index: u32,
+    /// SHA-256 of the bytes (hex).
+    pub sha256: String,
 }
 
 /// Why the simulation failed.
@@ -161,6 +185,7 @@ type Res<T> = Result<T, SimulateError>;
 /// A model version as a device holds it.
 struct DeviceModel {
     global: TensorFile,
+    sha256: String,
     manifest: ModelManifest,
     settings: ModelSettings,
 }
@@ -173,8 +198,10 @@ struct Shared {
     models: tokio::sync::Mutex<HashMap<u32, Arc<DeviceModel>>>,
     training: tokio::sync::Semaphore,
     latencies: std::sync::Mutex<Vec<f32>>,
+    acked: std::sync::Mutex<Vec<Acked>>,
     dropout: f64,
     seed: u64,
+    updates: Option<Arc<UpdateCache>>,
 }
 
 impl Shared {
@@ -187,7 +214,8 @@ impl Shared {
             let t = Instant::now();
             let res = match make().send().await {
                 Ok(r) => r,
-                Err(e) if (e.is_connect() || e.is_request()) && Instant::now() < give_up => {
+                // Refused, reset or cut: the server may be restarting; the same bytes go again.
+                Err(e) if !(e.is_builder() || e.is_decode()) && Instant::now() < give_up => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                     continue;
@@ -225,18 +253,24 @@ impl Shared {
         if manifest.files.get("global.bin").map(String::as_str) != Some(crate::serve::models::sha256_hex(&global).as_str()) {
             return Err(SimulateError::Device(format!("global.bin of version {version} does not match its manifest")));
         }
+        let sha256 = crate::serve::models::sha256_hex(&global);
         let global = TensorFile::decode(&global).map_err(|e| SimulateError::Device(format!("global.bin: {e}")))?;
         let settings = ModelSettings::of(&manifest).map_err(|e| SimulateError::Device(e.to_string()))?;
-        let m = Arc::new(DeviceModel { global, manifest, settings });
+        let m = Arc::new(DeviceModel { global, sha256, manifest, settings });
         cache.insert(version, m.clone());
         Ok(m)
     }
 
-    async fn post(&self, round: i64, body: Vec<u8>) -> Res<()> {
+    async fn post(&self, round: i64, stage: u32, index: u32, body: Vec<u8>) -> Res<()> {
         let url = format!("{}/v1/rounds/{round}/messages", self.base);
         let res = self.send(|| self.http.post(&url).header("content-type", "application/octet-stream").body(body.clone())).await?;
         match res.status() {
-            StatusCode::ACCEPTED | StatusCode::OK => Ok(()),
+            StatusCode::ACCEPTED | StatusCode::OK => {
+                if let Ok(mut a) = self.acked.lock() {
+                    a.push(Acked { round, stage, index, sha256: crate::serve::models::sha256_hex(&body) });
+                }
+                Ok(())
+            }
             s => Err(SimulateError::Server(format!("POST {url}: {s}: {}", res.text().await.unwrap_or_default()))),
         }
     }
@@ -298,29 +332,53 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
     let mut rng = ChaCha20Rng::seed_from_u64(shared.seed.wrapping_mul(31) ^ (u64::from(user) << 32) ^ r ^ 0x5eed);
     let drop_at: u32 = if rng.random::<f64>() < shared.dropout { rng.random_range(0..4) } else { 4 };
     // Local training and encoding, off the async threads.
-    let words = {
+    let key = (user, round, model.sha256.clone());
+    let cached = shared.updates.as_ref().and_then(|c| c.lock().ok()?.get(&key).cloned());
+    let words = if let Some(w) = cached {
+        Ok(w)
+    } else {
         let _permit = shared.training.acquire().await.map_err(|e| SimulateError::Device(e.to_string()))?;
         let (shared2, model2, plan2) = (shared.clone(), model.clone(), plan.clone());
         let seed = shared.seed;
-        tokio::task::spawn_blocking(move || -> Option<Vec<u32>> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<u32>, String> {
             let dims = &model2.manifest.dims;
             let layout = Layout::new(dims, &plan2.groups);
             let person = &shared2.pop.people[user as usize];
-            let u = local_update::<Autodiff<Flex>>(&model2.global, dims, &shared2.pop.catalog, &layout, person, &model2.settings, &plan2.local, u64::from(user) << 20 | r, &Default::default()).ok()?;
+            // One thread per device, as in a browser's worker: multi-threaded kernels would split
+            // their float sums by how busy the pool is, and the update would vary run to run.
+            let u = single_threaded(|| {
+                local_update::<Autodiff<Flex>>(&model2.global, dims, &shared2.pop.catalog, &layout, person, &model2.settings, &plan2.local, u64::from(user) << 20 | r, &Default::default())
+            })?
+            .map_err(|e| e.to_string())?;
             let mut device_rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(31) ^ (u64::from(user) << 32) ^ r);
-            plan2.ddg(layout.len()).ok()?.encode(&u.delta, plan2.rotation_seed, &mut device_rng).ok()
+            plan2.ddg(layout.len()).and_then(|d| Ok(d.encode(&u.delta, plan2.rotation_seed, &mut device_rng)?)).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| SimulateError::Device(e.to_string()))?
     };
-    let Some(words) = words else { return Ok(Some(DeviceOutcome::Failed)) };
+    let words = match words {
+        Ok(w) => {
+            if let Some(c) = &shared.updates
+                && let Ok(mut c) = c.lock()
+            {
+                c.insert(key, w.clone());
+            }
+            w
+        }
+        Err(e) => {
+            tracing::warn!(user, round, error = %e, "local training failed: the device sends nothing");
+            return Ok(Some(DeviceOutcome::Failed));
+        }
+    };
     let (mut client, advert) = Client::new(plan.secagg.clone(), index, device.signing, rng.random()).map_err(|e| SimulateError::Device(e.to_string()))?;
     if drop_at == 0 {
         return Ok(Some(DeviceOutcome::Dropped));
     }
-    shared.post(round, advert).await?;
+    shared.post(round, 0, index, advert).await?;
     for stage in 1..=3u32 {
+        tracing::debug!(device = device.id, round, stage, "asking");
         let Some(request) = shared.ask(round, index, stage).await? else { return Ok(Some(DeviceOutcome::NotAsked)) };
+        tracing::debug!(device = device.id, round, stage, "asked");
         if drop_at == stage {
             return Ok(Some(DeviceOutcome::Dropped));
         }
@@ -330,12 +388,21 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
             _ => client.unmask(&request),
         };
         match reply {
-            Ok(reply) => shared.post(round, reply).await?,
+            Ok(reply) => shared.post(round, stage, index, reply).await?,
             Err(SecAggError::Abort(_)) => return Ok(Some(DeviceOutcome::NotAsked)),
             Err(e) => return Err(SimulateError::Device(format!("user {user}, stage {stage}: {e}"))),
         }
     }
     Ok(Some(DeviceOutcome::Completed))
+}
+
+/// Runs `f` on a one-thread rayon pool (one per calling thread), so the CPU kernels it calls run
+/// serially and give the same bits whatever else the process does.
+fn single_threaded<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    thread_local! {
+        static POOL: Result<rayon::ThreadPool, String> = rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| e.to_string());
+    }
+    POOL.with(|p| p.as_ref().map(|p| p.install(f)).map_err(Clone::clone))
 }
 
 /// What the simulation tells its caller as it goes.
@@ -358,17 +425,19 @@ pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: 
         models: tokio::sync::Mutex::new(HashMap::new()),
         training: tokio::sync::Semaphore::new(cfg.parallel_training.max(1)),
         latencies: std::sync::Mutex::new(Vec::new()),
+        acked: std::sync::Mutex::new(Vec::new()),
         dropout: cfg.dropout,
         seed: cfg.seed,
+        updates: cfg.updates.clone(),
     });
-    // Enroll every device (in parallel, bounded).
+    // Enroll every device, one after the other: on a fresh server, ids follow the users' order,
+    // so runs with the same seeds sample the same people.
     let mut devices = Vec::with_capacity(cfg.users.len());
-    for chunk in cfg.users.chunks(64) {
-        let got = futures::future::join_all(chunk.iter().map(|&u| enroll(&shared, u))).await;
-        for d in got {
-            devices.push(Arc::new(d?));
+    for &u in &cfg.users {
+        devices.push(Arc::new(enroll(&shared, u).await?));
+        if devices.len() % 32 == 0 || devices.len() == cfg.users.len() {
+            progress(Progress::Enrolled(devices.len() as u32));
         }
-        progress(Progress::Enrolled(devices.len() as u32));
     }
     let (round_tx, round_rx) = tokio::sync::watch::channel(0i64);
     let dropouts = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -388,8 +457,9 @@ pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: 
                     Ok(Some(DeviceOutcome::Dropped)) => {
                         dropouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    Ok(_) => {}
+                    Ok(o) => tracing::debug!(device = d.id, round, outcome = ?o, "device done"),
                     Err(e) => {
+                        tracing::error!(device = d.id, user = d.user, round, error = %e, "device failed");
                         if let Ok(mut v) = errors.lock() {
                             v.push(format!("device {} (user {}), round {round}: {e}", d.id, d.user));
                         }
@@ -401,12 +471,20 @@ pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: 
     // The watcher: the next round, then its end.
     let mut rounds = Vec::new();
     let mut after = 0i64;
+    let mut waiting = Instant::now();
     while (rounds.len() as u32) < cfg.rounds {
         let url = format!("{}/v1/rounds/current?after={after}&wait_ms=20000", shared.base);
         let res = shared.send(|| shared.http.get(&url)).await?;
         if res.status() == StatusCode::NOT_FOUND {
+            if waiting.elapsed() > NO_ROUND_FOR {
+                return Err(SimulateError::Server(format!(
+                    "no round opened for {} s after round {after} (is the privacy budget spent, or are too few devices enrolled?)",
+                    NO_ROUND_FOR.as_secs()
+                )));
+            }
             continue;
         }
+        waiting = Instant::now();
         if !res.status().is_success() {
             return Err(SimulateError::Server(format!("GET {url}: {}", res.status())));
         }
@@ -451,8 +529,12 @@ pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: 
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         secs: t0.elapsed().as_secs_f64(),
+        acked: shared.acked.lock().map(|a| a.clone()).unwrap_or_default(),
     })
 }
+
+/// How long the simulation waits for the server to open its next round.
+const NO_ROUND_FOR: Duration = Duration::from_secs(120);
 
 /// Long-polls a round until it ends.
 async fn wait_end(shared: &Shared, mut v: RoundView) -> Res<RoundView> {

@@ -139,6 +139,7 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime) -> Result<()> {
             seed: a.seed,
             rounds: a.rounds,
             parallel_training: std::thread::available_parallelism().map_or(2, |p| p.get()),
+            updates: None,
         };
         let report = simulate(&cfg, pop, |p| match p {
             Progress::Enrolled(k) => enrolled.set_position(u64::from(k)),

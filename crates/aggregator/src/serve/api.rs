@@ -576,10 +576,12 @@ async fn request(State(app): State<App>, Path((number, index)): Path<(i64, u32)>
     let until = deadline(&wait);
     let mut rx = app.inner.changed.subscribe();
     loop {
+        // The round first: a stage's requests are committed with the phase that opens it, so a
+        // phase read before the request tells whether a missing request will never come.
+        let r = app.inner.store.round(number).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_round", format!("there is no round {number}")))?;
         if let Some(b) = app.inner.store.request(number, stage, i64::from(index)).await? {
             return Ok(octets(b));
         }
-        let r = app.inner.store.round(number).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_round", format!("there is no round {number}")))?;
         if r.status != "open" {
             return Err(ApiError::new(StatusCode::GONE, "round_closed", format!("round {number} has ended")));
         }

@@ -1,0 +1,173 @@
+//! The aggregator process SIGKILLed at random moments of its rounds and restarted on the same
+//! data directory, while devices (the real client code over HTTP) keep retrying: afterwards every
+//! message the server acknowledged is in its database, the rounds completed, and the published
+//! model is the one an uninterrupted run with the same seeds publishes, bit for bit (the devices
+//! send the same updates in both runs: see `SimulateConfig::updates`).
+//!
+//! `HEARTH_CRASH_ROUNDS` (default 5) sets the rounds; the kills come every 20–250 ms until the
+//! devices see the last round end.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_aggregator::serve::store::{SqliteStore, Store};
+use hearth_aggregator::simulate::{Acked, Population, SimulateConfig, UpdateCache, simulate};
+use rand::{Rng, SeedableRng};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ml100k() -> PathBuf {
+    std::env::var_os("HEARTH_ML100K").map_or_else(|| root().join("../shared/data/movielens-100k"), PathBuf::from)
+}
+
+const DEVICES: u32 = 12;
+
+fn config(dir: &Path, port: u16, rounds: u32) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let toml = format!(
+        r#"listen = "127.0.0.1:{port}"
+data_dir = "{}"
+model = "{}"
+tick_ms = 50
+
+[round]
+devices_per_round = {DEVICES}
+min_devices = {DEVICES}
+min_survivors = 6
+noise_multiplier = 0.8
+budget_epsilon = 1000.0
+max_rounds = {rounds}
+stage_timeout_ms = 120000
+seed = 5
+"#,
+        dir.display(),
+        root().join("models/ml100k").display()
+    );
+    let path = dir.join("aggregator.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn spawn(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_hearth-aggregator"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Run {
+    /// global.bin of versions 2, 3, … (one per round).
+    models: Vec<Vec<u8>>,
+    acked: Vec<Acked>,
+    kills: u32,
+    dir: PathBuf,
+}
+
+/// One run: the server as a child process, the devices in this process, and (if `kill`) a
+/// killer restarting the server at random moments until the devices saw `rounds` rounds end.
+async fn run(name: &str, rounds: u32, kill: bool, updates: Arc<UpdateCache>) -> Run {
+    let dir = std::env::temp_dir().join(format!("hearth-crash-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port();
+    let cfg = config(&dir, port, rounds);
+    let log = dir.join("server.log");
+    let child = Arc::new(std::sync::Mutex::new(spawn(&cfg, &log)));
+    let ds = hearth_aggregator::load_dataset(&ml100k(), None).expect("MovieLens 100K (set HEARTH_ML100K)");
+    let split = hearth_aggregator::make_split(&ds, None).unwrap();
+    let bundle = hearth_aggregator::read_model_dir(&root().join("models/ml100k")).unwrap();
+    let pop = Arc::new(Population::new(&ds, &split, &bundle.catalog.popularity));
+    let base = format!("http://127.0.0.1:{port}");
+    let sim = SimulateConfig { server: base.clone(), users: (0..DEVICES).collect(), dropout: 0.0, seed: 9, rounds, parallel_training: 2, updates: Some(updates) };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let (child, done, cfg, log) = (child.clone(), done.clone(), cfg.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(u64::from(std::process::id()));
+            let mut kills = 0u32;
+            while kill && !done.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(rng.random_range(20..250)));
+                let mut c = child.lock().unwrap();
+                c.kill().unwrap(); // SIGKILL
+                c.wait().unwrap();
+                kills += 1;
+                let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+                writeln!(f, "=== SIGKILL {kills} ===").unwrap();
+                *c = spawn(&cfg, &log);
+            }
+            kills
+        })
+    };
+    let t = Instant::now();
+    let report = simulate(&sim, pop, |_| {}).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kills = killer.join().unwrap();
+    let report = report.unwrap_or_else(|e| panic!("{name}: {e}; server log in {}", log.display()));
+    eprintln!("{name}: {rounds} rounds in {:.1} s with {kills} kills", t.elapsed().as_secs_f64());
+    for r in &report.rounds {
+        assert_eq!(r.status, "done", "{name}: {r:?}; server log in {}", log.display());
+        assert_eq!(r.survivors, DEVICES, "{name}: {r:?}");
+    }
+    // The latest model, read over HTTP from the (restarted) server once it answers.
+    for _ in 0..200 {
+        if reqwest::get(format!("{base}/health")).await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let latest: serde_json::Value = reqwest::get(format!("{base}/v1/models/latest")).await.unwrap().json().await.unwrap();
+    assert_eq!(latest["version"], u64::from(rounds) + 1, "{latest}");
+    let mut models = vec![];
+    for v in 2..=rounds + 1 {
+        models.push(reqwest::get(format!("{base}/v1/models/{v}/global.bin")).await.unwrap().bytes().await.unwrap().to_vec());
+    }
+    let mut c = child.lock().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    Run { models, acked: report.acked, kills, dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_at_random_moments_the_server_loses_nothing_and_publishes_the_same_model() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+    let rounds: u32 = std::env::var("HEARTH_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    // The devices' updates of the calm run are replayed in the killed run wherever the model they
+    // train is the same (burn's CPU autodiff differs in the last bits from run to run): what is
+    // compared is then the server's work alone.
+    let updates = Arc::new(UpdateCache::default());
+    let calm = run("calm", rounds, false, updates.clone()).await;
+    let trained = updates.lock().unwrap().len();
+    let killed = run("killed", rounds, true, updates.clone()).await;
+    assert_eq!(updates.lock().unwrap().len(), trained, "a device trained a model the calm run never published");
+    assert!(killed.kills >= rounds, "only {} kills", killed.kills);
+    // Every acknowledged message is in the database.
+    let store = SqliteStore::open(&format!("sqlite:{}", killed.dir.join("aggregator.db").display())).await.unwrap();
+    let hex = hearth_aggregator::serve::models::sha256_hex;
+    for a in &killed.acked {
+        let stored = store.messages(a.round, i64::from(a.stage)).await.unwrap();
+        assert!(
+            stored.iter().any(|(i, b)| *i == i64::from(a.index) && hex(b) == a.sha256),
+            "acknowledged but not stored: {a:?}"
+        );
+    }
+    assert_eq!(killed.acked.len(), calm.acked.len(), "every device sent its four messages each round in both runs");
+    for (k, (a, b)) in calm.models.iter().zip(&killed.models).enumerate() {
+        assert!(a == b, "model version {} published after {} kills differs from the uninterrupted run's", k + 2, killed.kills);
+    }
+    eprintln!("{} kills; {} acknowledged messages all stored; the published model equals the uninterrupted run's", killed.kills, killed.acked.len());
+    let _ = std::fs::remove_dir_all(&killed.dir);
+    let _ = std::fs::remove_dir_all(&calm.dir);
+}
