@@ -46,6 +46,9 @@ pub(crate) struct SimulateArgs {
     /// The started server's data directory (default: a new temporary one).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// How long each secure-aggregation stage waits for devices that dropped (ms).
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) stage_timeout_ms: i64,
     /// Seed of sampling, round seeds and devices.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
@@ -95,7 +98,7 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime) -> Result<()> {
         min_survivors,
         max_rounds: Some(a.rounds),
         seed: Some(a.seed),
-        stage_timeout_ms: 30_000,
+        stage_timeout_ms: a.stage_timeout_ms,
         budget_epsilon: a.epsilon.map(|e| e * (1.0 + 1e-6)),
         ..RoundConfig::default()
     };
@@ -104,7 +107,13 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime) -> Result<()> {
         round.noise_multiplier = hearth_aggregator::epsilon::noise_for_epsilon(e, a.rounds, min_survivors, q, dim, round.clip, round.delta)?;
     }
     let noise = round.noise_multiplier;
-    let base = evaluator_on(&a.data)?(&bundle).map_err(anyhow::Error::msg)?;
+    // Scored as the server scores each published model: from history and profile, with no
+    // personal vector (devices never receive the training users' ones).
+    let base = {
+        let mut b = bundle.clone();
+        b.personal = None;
+        evaluator_on(&a.data)?(&b).map_err(anyhow::Error::msg)?
+    };
     let multi = MultiProgress::new();
     if a.json {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
