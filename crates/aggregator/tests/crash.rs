@@ -8,66 +8,16 @@
 //! devices see the last round end.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{DEVICES, config, free_port, population, spawn};
 use hearth_aggregator::serve::store::{SqliteStore, Store};
-use hearth_aggregator::simulate::{Acked, Population, SimulateConfig, UpdateCache, simulate};
+use hearth_aggregator::simulate::{Acked, SimulateConfig, UpdateCache, simulate};
 use rand::{Rng, SeedableRng};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn ml100k() -> PathBuf {
-    std::env::var_os("HEARTH_ML100K").map_or_else(|| root().join("../shared/data/movielens-100k"), PathBuf::from)
-}
-
-const DEVICES: u32 = 12;
-
-fn config(dir: &Path, port: u16, rounds: u32) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let toml = format!(
-        r#"listen = "127.0.0.1:{port}"
-data_dir = "{}"
-model = "{}"
-tick_ms = 50
-
-[round]
-devices_per_round = {DEVICES}
-min_devices = {DEVICES}
-min_survivors = 6
-noise_multiplier = 0.8
-budget_epsilon = 1000.0
-max_rounds = {rounds}
-stage_timeout_ms = 120000
-seed = 5
-"#,
-        dir.display(),
-        root().join("models/ml100k").display()
-    );
-    let path = dir.join("aggregator.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn spawn(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_hearth-aggregator"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Run {
     /// global.bin of versions 2, 3, … (one per round).
@@ -86,10 +36,7 @@ async fn run(name: &str, rounds: u32, kill: bool, updates: Arc<UpdateCache>) -> 
     let cfg = config(&dir, port, rounds);
     let log = dir.join("server.log");
     let child = Arc::new(std::sync::Mutex::new(spawn(&cfg, &log)));
-    let ds = hearth_aggregator::load_dataset(&ml100k(), None).expect("MovieLens 100K (set HEARTH_ML100K)");
-    let split = hearth_aggregator::make_split(&ds, None).unwrap();
-    let bundle = hearth_aggregator::read_model_dir(&root().join("models/ml100k")).unwrap();
-    let pop = Arc::new(Population::new(&ds, &split, &bundle.catalog.popularity));
+    let pop = population();
     let base = format!("http://127.0.0.1:{port}");
     let sim = SimulateConfig { server: base.clone(), users: (0..DEVICES).collect(), dropout: 0.0, seed: 9, rounds, parallel_training: 2, updates: Some(updates) };
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -122,12 +69,7 @@ async fn run(name: &str, rounds: u32, kill: bool, updates: Arc<UpdateCache>) -> 
         assert_eq!(r.survivors, DEVICES, "{name}: {r:?}");
     }
     // The latest model, read over HTTP from the (restarted) server once it answers.
-    for _ in 0..200 {
-        if reqwest::get(format!("{base}/health")).await.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::healthy(&base).await;
     let latest: serde_json::Value = reqwest::get(format!("{base}/v1/models/latest")).await.unwrap().json().await.unwrap();
     assert_eq!(latest["version"], u64::from(rounds) + 1, "{latest}");
     let mut models = vec![];
