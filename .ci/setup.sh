@@ -20,7 +20,8 @@ need_apt=()
 # clang: ring's C code for wasm32 (gcc cannot target it).
 # chromium: the browser the demo's end-to-end tests drive (through npm playwright-core);
 # chromium-driver: how wasm-bindgen-test-runner drives it for the web crate's browser tests.
-for pkg in mesa-vulkan-drivers libvulkan1 clang chromium chromium-driver; do
+# postgresql: the server the aggregator's replica test starts in a temporary directory.
+for pkg in mesa-vulkan-drivers libvulkan1 clang chromium chromium-driver postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 # npm (any version) installs the pinned tooling, including the Node 22 that workerd needs.

@@ -59,11 +59,11 @@ impl Population {
     }
 }
 
-/// The signing seed of the device that holds user `user`'s history in a simulation seeded
-/// `seed` (the in-process simulation derives the same).
-pub fn device_signing_seed(seed: u64, user: u32) -> [u8; 32] {
+/// The signing seed of simulated device `slot` in a simulation seeded `seed` (the in-process
+/// simulation derives the same, with a user's index as its slot).
+pub fn device_signing_seed(seed: u64, slot: u32) -> [u8; 32] {
     let mut s = [7u8; 32];
-    s[..4].copy_from_slice(&user.to_le_bytes());
+    s[..4].copy_from_slice(&slot.to_le_bytes());
     s[4..12].copy_from_slice(&seed.to_le_bytes());
     s
 }
@@ -73,7 +73,9 @@ pub fn device_signing_seed(seed: u64, user: u32) -> [u8; 32] {
 pub struct SimulateConfig {
     /// The aggregator's base URL (`http://127.0.0.1:PORT`).
     pub server: String,
-    /// Users (by index) whose devices take part.
+    /// The devices: device k holds the history of user `users[k]` (a user may back several
+    /// devices, to simulate more devices than the data has people). Device k's key and
+    /// randomness come from k.
     pub users: Vec<u32>,
     /// Probability that an invited device drops out, at a stage chosen uniformly.
     pub dropout: f64,
@@ -90,7 +92,7 @@ pub struct SimulateConfig {
     pub updates: Option<Arc<UpdateCache>>,
 }
 
-/// Encoded updates by (user, round, SHA-256 of the model's global.bin).
+/// Encoded updates by (device slot, round, SHA-256 of the model's global.bin).
 pub type UpdateCache = std::sync::Mutex<HashMap<(u32, i64, String), Vec<u32>>>;
 
 /// What one device did in a round.
@@ -290,15 +292,16 @@ impl Shared {
     }
 }
 
-/// One device: its user, key and id.
+/// One device: its slot, user, key and id.
 struct Device {
+    slot: u32,
     user: u32,
     signing: [u8; 32],
     id: i64,
 }
 
-async fn enroll(shared: &Shared, user: u32) -> Res<Device> {
-    let signing = device_signing_seed(shared.seed, user);
+async fn enroll(shared: &Shared, slot: u32, user: u32) -> Res<Device> {
+    let signing = device_signing_seed(shared.seed, slot);
     let (pair, public) = crypto::signing_key(&signing).map_err(|e| SimulateError::Device(e.to_string()))?;
     let proof = ring::signature::KeyPair::public_key(&pair);
     debug_assert_eq!(proof.as_ref(), public);
@@ -311,7 +314,7 @@ async fn enroll(shared: &Shared, user: u32) -> Res<Device> {
         return Err(SimulateError::Server(format!("enrollment: {}", res.status())));
     }
     let e: Enrolled = res.json().await?;
-    Ok(Device { user, signing, id: e.device_id })
+    Ok(Device { slot, user, signing, id: e.device_id })
 }
 
 /// A device's part in round `round`.
@@ -328,11 +331,11 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
     let plan = RoundPlan::decode(&shared.bytes(&format!("{}/v1/rounds/{round}/plan", shared.base)).await?).map_err(|e| SimulateError::Device(e.to_string()))?;
     let model = shared.model(plan.model_version).await?;
     let r = round as u64;
-    let user = device.user;
-    let mut rng = ChaCha20Rng::seed_from_u64(shared.seed.wrapping_mul(31) ^ (u64::from(user) << 32) ^ r ^ 0x5eed);
+    let (user, slot) = (device.user, device.slot);
+    let mut rng = ChaCha20Rng::seed_from_u64(shared.seed.wrapping_mul(31) ^ (u64::from(slot) << 32) ^ r ^ 0x5eed);
     let drop_at: u32 = if rng.random::<f64>() < shared.dropout { rng.random_range(0..4) } else { 4 };
     // Local training and encoding, off the async threads.
-    let key = (user, round, model.sha256.clone());
+    let key = (slot, round, model.sha256.clone());
     let cached = shared.updates.as_ref().and_then(|c| c.lock().ok()?.get(&key).cloned());
     let words = if let Some(w) = cached {
         Ok(w)
@@ -347,10 +350,10 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
             // One thread per device, as in a browser's worker: multi-threaded kernels would split
             // their float sums by how busy the pool is, and the update would vary run to run.
             let u = single_threaded(|| {
-                local_update::<Autodiff<Flex>>(&model2.global, dims, &shared2.pop.catalog, &layout, person, &model2.settings, &plan2.local, u64::from(user) << 20 | r, &Default::default())
+                local_update::<Autodiff<Flex>>(&model2.global, dims, &shared2.pop.catalog, &layout, person, &model2.settings, &plan2.local, u64::from(slot) << 20 | r, &Default::default())
             })?
             .map_err(|e| e.to_string())?;
-            let mut device_rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(31) ^ (u64::from(user) << 32) ^ r);
+            let mut device_rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(31) ^ (u64::from(slot) << 32) ^ r);
             plan2.ddg(layout.len()).and_then(|d| Ok(d.encode(&u.delta, plan2.rotation_seed, &mut device_rng)?)).map_err(|e| e.to_string())
         })
         .await
@@ -433,8 +436,11 @@ pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: 
     // Enroll every device, one after the other: on a fresh server, ids follow the users' order,
     // so runs with the same seeds sample the same people.
     let mut devices = Vec::with_capacity(cfg.users.len());
-    for &u in &cfg.users {
-        devices.push(Arc::new(enroll(&shared, u).await?));
+    if let Some(u) = cfg.users.iter().find(|&&u| u as usize >= shared.pop.people.len()) {
+        return Err(SimulateError::Device(format!("user {u} is not among the {} people of the data", shared.pop.people.len())));
+    }
+    for (slot, &u) in cfg.users.iter().enumerate() {
+        devices.push(Arc::new(enroll(&shared, slot as u32, u).await?));
         if devices.len() % 32 == 0 || devices.len() == cfg.users.len() {
             progress(Progress::Enrolled(devices.len() as u32));
         }

@@ -529,11 +529,12 @@ async fn submit(State(app): State<App>, Path(number): Path<i64>, body: Result<By
         return Err(ApiError::new(StatusCode::CONFLICT, "wrong_round", format!("the message is for round {}, not round {number}", hex(&round_id))));
     }
     let device = *f.participants.get(index as usize).ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "unknown_client", format!("client {index} is not in round {number}")))?;
-    app.limit_device(device)?;
     let key = f.keys.get(index as usize).copied().flatten().ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "unknown_device", format!("device {device} is not enrolled")))?;
     if !decoded.verify(&key) {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", format!("the signature does not verify with device {device}'s key")));
     }
+    // After the signature: forged messages cannot spend a device's budget.
+    app.limit_device(device)?;
     if let Some(n) = words
         && n != f.dim as usize
     {

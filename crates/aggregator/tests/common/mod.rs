@@ -19,16 +19,22 @@ pub fn ml100k() -> PathBuf {
 pub const DEVICES: u32 = 12;
 
 pub fn config(dir: &Path, port: u16, rounds: u32) -> PathBuf {
+    config_with(dir, port, rounds, DEVICES, "")
+}
+
+/// [`config`] for `devices` devices, with `extra` top-level settings (`database = …`).
+pub fn config_with(dir: &Path, port: u16, rounds: u32, devices: u32, extra: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let toml = format!(
         r#"listen = "127.0.0.1:{port}"
 data_dir = "{}"
 model = "{}"
 tick_ms = 50
+{extra}
 
 [round]
-devices_per_round = {DEVICES}
-min_devices = {DEVICES}
+devices_per_round = {devices}
+min_devices = {devices}
 min_survivors = 6
 noise_multiplier = 0.8
 budget_epsilon = 1000.0
