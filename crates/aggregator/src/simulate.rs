@@ -306,7 +306,7 @@ async fn enroll(shared: &Shared, slot: u32, user: u32) -> Res<Device> {
     let proof = ring::signature::KeyPair::public_key(&pair);
     debug_assert_eq!(proof.as_ref(), public);
     let sig = pair.sign(&enrollment_message(&public));
-    let hex = crate::serve::models::hex;
+    let hex = hearth_core::data::hex;
     let body = Enrollment { public_key: hex(&public), proof: hex(sig.as_ref()) };
     let url = format!("{}/v1/devices", shared.base);
     let res = shared.send(|| shared.http.post(&url).json(&body)).await?;

@@ -150,7 +150,7 @@ struct TestDevice {
 async fn enroll(http: &reqwest::Client, base: &str, seed: [u8; 32]) -> TestDevice {
     let (pair, public) = crypto::signing_key(&seed).unwrap();
     let proof = pair.sign(&hearth_aggregator::serve::api::enrollment_message(&public));
-    let hex = hearth_aggregator::serve::models::hex;
+    let hex = hearth_core::data::hex;
     let body = serde_json::json!({ "public_key": hex(&public), "proof": hex(proof.as_ref()) });
     let res = http.post(format!("{base}/v1/devices")).json(&body).send().await.unwrap();
     assert_eq!(res.status(), 201);
@@ -167,7 +167,7 @@ async fn every_bad_request_gets_its_status_and_code() {
     let running = start(cfg).await.unwrap();
     let base = format!("http://{}", running.addr);
     let http = reqwest::Client::new();
-    let hex = hearth_aggregator::serve::models::hex;
+    let hex = hearth_core::data::hex;
     let mut devices = vec![];
     for u in 0..3 {
         devices.push(enroll(&http, &base, device_signing_seed(5, u)).await);

@@ -20,6 +20,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hearth_core::data::hex;
 use hearth_core::fed::layout::Layout;
 use hearth_core::privacy::ddg::DdgPlan;
 use hearth_core::secagg::wire::{self, Message, Signed};
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::ServeConfig;
-use super::models::{DEVICE_FILES, ModelStore, VersionIndex, hex};
+use super::models::{DEVICE_FILES, ModelStore, VersionIndex};
 use super::rounds::{PHASE_AGGREGATE, RoundSummary};
 use super::store::{Inserted, LedgerRow, Store};
 

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use hearth_core::data::hex;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -47,14 +48,9 @@ pub struct ModelStore {
     store: Arc<dyn ObjectStore>,
 }
 
-/// Lowercase hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The SHA-256 of `bytes` in lowercase hexadecimal.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    hex(hearth_core::codec::sha256(bytes).as_ref())
 }
 
 impl ModelStore {
