@@ -49,9 +49,9 @@ pub enum AggregatorError {
     /// Training refused its configuration or failed.
     #[error(transparent)]
     Train(Box<TrainError>),
-    /// `--backend wgpu` in a build without it.
-    #[error("this build has no wgpu backend: rebuild hearth-aggregator with `--features wgpu`")]
-    NoWgpu,
+    /// The backend asked for cannot run here (not compiled in, no library, no device).
+    #[error("backend: {0}")]
+    Backend(String),
     /// Calibration found no held-out pair to fit on (every user touched every other item, or
     /// there are no held-out users).
     #[error("calibration needs held-out positives and negatives, and this data has none")]

@@ -38,8 +38,8 @@ enum Command {
         /// Hold out exactly these `user<TAB>item` pairs instead of leave-one-out.
         #[arg(long)]
         test: Option<PathBuf>,
-        /// Training backend.
-        #[arg(long, value_enum, default_value = "cpu")]
+        /// Training backend: auto takes CUDA if it works, else a wgpu GPU, else the CPU.
+        #[arg(long, value_enum, default_value = "auto")]
         backend: Backend,
         #[command(flatten)]
         hyper: Hyper,
@@ -160,6 +160,9 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Evaluation backend: auto takes CUDA if it works, else a wgpu GPU, else the CPU.
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: Backend,
     },
 }
 
@@ -260,6 +263,9 @@ struct ServeFlags {
     /// Seed of sampling and round seeds (reproducible runs only).
     #[arg(long)]
     seed: Option<u64>,
+    /// Backend that evaluates new models (auto: CUDA, else a wgpu GPU, else the CPU).
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
 }
 
 impl ServeFlags {
@@ -284,6 +290,9 @@ impl ServeFlags {
         }
         if let Some(v) = self.seed {
             cfg.round.seed = Some(v);
+        }
+        if let Some(v) = self.backend {
+            cfg.backend = v;
         }
     }
 }
@@ -313,7 +322,17 @@ fn logs(default: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// Resolves `--backend` (probing CUDA in a child of this executable) and says what it chose.
+fn choose_backend(asked: Backend) -> Result<hearth_aggregator::Device> {
+    let choice = hearth_aggregator::backend::choose(asked, hearth_aggregator::backend::probe_exe().as_deref())?;
+    eprintln!("backend: {} ({})", choice.device.name(), choice.why);
+    Ok(choice.device)
+}
+
 fn main() {
+    if std::env::var_os(hearth_aggregator::backend::PROBE_ENV).is_some_and(|v| v == "cuda") {
+        hearth_aggregator::backend::run_probe_and_exit();
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -323,6 +342,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train { data, items, out, test, backend, hyper } => {
+            let on = choose_backend(backend)?;
             let ds = load_dataset(&data, items.as_deref())?;
             eprintln!(
                 "{}: {} users, {} items, {} interactions",
@@ -359,7 +379,7 @@ fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.enable_steady_tick(Duration::from_millis(250));
-            let trained = train_model(&ds, test.as_deref(), &cfg, backend, &mut |p| {
+            let trained = train_model(&ds, test.as_deref(), &cfg, on, &mut |p| {
                 bar.set_length(p.total_steps as u64);
                 bar.set_position(p.step as u64);
                 bar.set_prefix(format!("epoch {} (at most {})", p.epoch + 1, cfg.epochs));
@@ -481,7 +501,10 @@ fn run(cli: Cli) -> Result<()> {
                 Ok::<(), anyhow::Error>(())
             })?;
         }
-        Command::Simulate(args) => simulate_cli::run(args, runtime()?)?,
+        Command::Simulate(args) => {
+            let on = choose_backend(args.backend)?;
+            simulate_cli::run(args, runtime()?, on)?
+        }
         Command::Rollback { store, to } => {
             runtime()?.block_on(async {
                 let models = hearth_aggregator::serve::models::ModelStore::local(&store)?;
@@ -491,9 +514,10 @@ fn run(cli: Cli) -> Result<()> {
                 Ok::<(), anyhow::Error>(())
             })?;
         }
-        Command::Eval { target: ModelAndData { model, data, items }, test, candidates, seed, json } => {
+        Command::Eval { target: ModelAndData { model, data, items }, test, candidates, seed, json, backend } => {
+            let on = choose_backend(backend)?;
             let ds = load_dataset(&data, items.as_deref())?;
-            let report = evaluate_dir(&model, &ds, test.as_deref(), candidates.as_deref(), seed)?;
+            let report = evaluate_dir(&model, &ds, test.as_deref(), candidates.as_deref(), seed, on)?;
             if json {
                 println!("{}", report_json(&report));
             } else {

@@ -2,11 +2,14 @@
 
 use std::path::Path;
 
+use burn::tensor::backend::AutodiffBackend;
+use hearth_core::artifact::bundle::ModelBundle;
 use hearth_core::data::{self, Dataset, Split};
 use hearth_core::eval::{self, Metrics, MostPopular, Protocol};
 use hearth_core::model::{ScoreTable, TwoTower};
 use serde::Serialize;
 
+use crate::backend::{Device, Job, run_on};
 use crate::error::Result;
 use crate::io::{make_split, read, read_model_dir};
 use crate::{K, NEGATIVES};
@@ -71,13 +74,34 @@ pub fn evaluate_dir(
     test: Option<&Path>,
     candidates: Option<&Path>,
     seed: u64,
+    on: Device,
 ) -> Result<Report> {
     let bundle = read_model_dir(dir)?;
     bundle.check_dataset(ds)?;
-    let device = Default::default();
-    let model = bundle.to_model::<burn::backend::Flex>(&device)?;
     let split = make_split(ds, test)?;
-    evaluate_model(&model, ds, &split, candidates, seed, &device)
+    run_on(on, EvalJob { bundle: &bundle, ds, split: &split, candidates, seed })?
+}
+
+/// A model bundle evaluated on a backend chosen at run time.
+pub struct EvalJob<'a> {
+    /// The model.
+    pub bundle: &'a ModelBundle,
+    /// Its data.
+    pub ds: &'a Dataset,
+    /// The split scored.
+    pub split: &'a Split,
+    /// Explicit candidates (None: 99 negatives drawn with `seed`).
+    pub candidates: Option<&'a Path>,
+    /// Seed of the negatives and tie-breaking.
+    pub seed: u64,
+}
+
+impl Job for EvalJob<'_> {
+    type Out = Result<Report>;
+    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<Report> {
+        let model = self.bundle.to_model::<B::InnerBackend>(device)?;
+        evaluate_model(&model, self.ds, self.split, self.candidates, self.seed, device)
+    }
 }
 
 /// The JSON shape `eval --json` prints.

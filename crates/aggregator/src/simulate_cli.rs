@@ -58,6 +58,10 @@ pub(crate) struct SimulateArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Backend the server evaluates models on (devices train on the CPU, as phones would without
+    /// a GPU): auto takes CUDA if it works, else a wgpu GPU, else the CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub(crate) backend: hearth_aggregator::Backend,
 }
 
 
@@ -79,7 +83,7 @@ fn bar(multi: &MultiProgress, len: u64, template: &str) -> ProgressBar {
     b
 }
 
-pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime) -> Result<()> {
+pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime, on: hearth_aggregator::Device) -> Result<()> {
     let ds = load_dataset(&a.data, None)?;
     let split = make_split(&ds, None)?;
     let bundle = read_model_dir(&a.model)?;
@@ -112,7 +116,7 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime) -> Result<()> {
     let base = {
         let mut b = bundle.clone();
         b.personal = None;
-        evaluator_on(&a.data)?(&b).map_err(anyhow::Error::msg)?
+        evaluator_on(&a.data, on)?(&b).map_err(anyhow::Error::msg)?
     };
     let multi = MultiProgress::new();
     if a.json {
@@ -129,6 +133,7 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime) -> Result<()> {
                     data_dir: data_dir.clone(),
                     model: a.model.clone(),
                     eval_data: Some(a.data.clone()),
+                    backend: on.into(),
                     round,
                     ..ServeConfig::default()
                 };

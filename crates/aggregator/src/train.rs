@@ -8,20 +8,12 @@ use hearth_core::data::{self, Dataset, Order, OrderReport, Split};
 use hearth_core::eval::{self, MostPopular};
 use hearth_core::model::{self, ARCHITECTURE, Examples, ScoreTable, TrainConfig, TrainProgress, TwoTower};
 
+use crate::backend::{Device, Job, run_on};
 use crate::calibrate::fit_calibration;
 use crate::error::{AggregatorError, Result};
 use crate::io::make_split;
 use crate::report::{Report, evaluate_model, protocol};
 use crate::NEGATIVES;
-
-/// Which burn backend trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// burn-flex on the CPU (SIMD, multi-threaded).
-    Cpu,
-    /// burn-wgpu (Vulkan; Mesa lavapipe when there is no GPU). Needs the `wgpu` feature.
-    Wgpu,
-}
 
 /// A trained model, ready to write.
 pub struct Trained {
@@ -59,7 +51,7 @@ pub fn train_model(
     ds: &Dataset,
     test: Option<&Path>,
     cfg: &TrainConfig,
-    backend: Backend,
+    device: Device,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<Trained> {
     let split = make_split(ds, test)?;
@@ -67,18 +59,19 @@ pub fn train_model(
     let valid = data::validation_split(ds, &split);
     let examples = Examples::from_interactions(&valid.train, ds.users.len(), order.order);
     let run = Run { ds, split: &split, valid: &valid, examples: &examples, order, cfg, explicit_test: test.is_some() };
-    match backend {
-        Backend::Cpu => {
-            type B = burn::backend::Autodiff<burn::backend::Flex>;
-            run.finish::<B>(&Default::default(), progress)
-        }
-        #[cfg(feature = "wgpu")]
-        Backend::Wgpu => {
-            type B = burn::backend::Autodiff<burn::backend::Wgpu>;
-            run.finish::<B>(&Default::default(), progress)
-        }
-        #[cfg(not(feature = "wgpu"))]
-        Backend::Wgpu => Err(AggregatorError::NoWgpu),
+    run_on(device, TrainJob { run, progress })?
+}
+
+/// [`Run::finish`] on the chosen backend.
+struct TrainJob<'a, 'p> {
+    run: Run<'a>,
+    progress: &'p mut dyn FnMut(TrainProgress),
+}
+
+impl Job for TrainJob<'_, '_> {
+    type Out = Result<Trained>;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: &B::Device) -> Result<Trained> {
+        self.run.finish::<B>(device, self.progress)
     }
 }
 

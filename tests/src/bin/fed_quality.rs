@@ -312,7 +312,7 @@ fn main_() -> Result<(), String> {
             // v1: central training on the even users' interactions only.
             let even = Dataset { interactions: ds.interactions.iter().filter(|x| x.user % 2 == 0).copied().collect(), ..ds.clone() };
             let config = serde_json::from_value(central.manifest.hyper.clone()).map_err(ctx("the committed config"))?;
-            let v1 = train_model(&even, None, &config, hearth_aggregator::Backend::Cpu, &mut |_| {}).map_err(ctx("v1"))?.bundle;
+            let v1 = train_model(&even, None, &config, hearth_aggregator::Device::Cpu, &mut |_| {}).map_err(ctx("v1"))?.bundle;
             let pop = Population::new(&ds, &split, &v1.catalog.popularity);
             let settings = opts.settings(&v1)?;
             let base = scorer.score(&v1.global, &on_odd)?;

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, Device, run_on};
 use models::{ModelStore, ModelStoreError};
 use rounds::{Engine, Evaluator, RoundConfig};
 use store::StoreError;
@@ -82,6 +83,9 @@ pub struct ServeConfig {
     pub enroll_rate: f64,
     /// How often the round owner checks its round when nothing wakes it (ms).
     pub tick_ms: u64,
+    /// Where new models are evaluated: `auto` (CUDA, else a wgpu GPU, else the CPU), `cpu`,
+    /// `wgpu` or `cuda`.
+    pub backend: Backend,
     /// The rounds.
     pub round: RoundConfig,
 }
@@ -102,6 +106,7 @@ impl Default for ServeConfig {
             device_burst: 100.0,
             enroll_rate: 2_000.0,
             tick_ms: 200,
+            backend: Backend::Auto,
             round: RoundConfig::default(),
         }
     }
@@ -129,6 +134,10 @@ impl ServeConfig {
         }
         if let Some(v) = env("MODEL") {
             cfg.model = v.into();
+        }
+        if let Some(v) = env("BACKEND") {
+            cfg.backend = <Backend as clap::ValueEnum>::from_str(&v, true)
+                .map_err(|e| ServeError::Config(format!("HEARTH_AGGREGATOR_BACKEND={v}: {e} (auto, cpu, wgpu or cuda)")))?;
         }
         Ok(cfg)
     }
@@ -171,13 +180,12 @@ impl Running {
 
 /// An evaluator on a dataset's leave-one-out split, scored as `eval` scores (sampled HR@10 over
 /// 99 negatives drawn with seed 42, full-ranking HR@10 and NDCG@10).
-pub fn evaluator_on(data: &Path) -> Result<Evaluator, ServeError> {
+pub fn evaluator_on(data: &Path, on: Device) -> Result<Evaluator, ServeError> {
     let ds = crate::load_dataset(data, None)?;
     let split = crate::make_split(&ds, None)?;
     Ok(Arc::new(move |bundle| {
-        let device = Default::default();
-        let model = bundle.to_model::<burn::backend::Flex>(&device).map_err(|e| e.to_string())?;
-        let r = crate::evaluate_model(&model, &ds, &split, None, 42, &device).map_err(|e| e.to_string())?;
+        let job = crate::EvalJob { bundle, ds: &ds, split: &split, candidates: None, seed: 42 };
+        let r = run_on(on, job).and_then(|r| r).map_err(|e| e.to_string())?;
         Ok([r.model.sampled.hr, r.model.full.hr, r.model.full.ndcg])
     }))
 }
@@ -189,7 +197,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let store: Arc<dyn store::Store> = Arc::from(store::connect(&cfg.database_url()).await?);
     let models = ModelStore::local(&cfg.model_store.clone().unwrap_or_else(|| cfg.data_dir.join("models")))?;
     let base = crate::read_model_dir(&cfg.model)?;
-    let evaluator = cfg.eval_data.as_deref().map(evaluator_on).transpose()?;
+    let evaluator = match cfg.eval_data.as_deref() {
+        Some(data) => {
+            let choice = crate::backend::choose(cfg.backend, crate::backend::probe_exe().as_deref())?;
+            tracing::info!(backend = choice.device.name(), why = %choice.why, "evaluation backend");
+            Some(evaluator_on(data, choice.device)?)
+        }
+        None => None,
+    };
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut engine = Engine::new(store.clone(), models.clone(), cfg.round.clone(), base.clone(), evaluator, changed.clone());
