@@ -71,14 +71,20 @@ pub fn device_signing_seed(seed: u64, slot: u32) -> [u8; 32] {
 /// A simulation's settings.
 #[derive(Debug, Clone)]
 pub struct SimulateConfig {
-    /// The aggregator's base URL (`http://127.0.0.1:PORT`).
-    pub server: String,
+    /// The aggregator's replicas' base URLs (`http://127.0.0.1:PORT`): devices speak to the first
+    /// and move to the next when a connection fails (a replica killed), as a load balancer would
+    /// send them on.
+    pub servers: Vec<String>,
     /// The devices: device k holds the history of user `users[k]` (a user may back several
     /// devices, to simulate more devices than the data has people). Device k's key and
     /// randomness come from k.
     pub users: Vec<u32>,
-    /// Probability that an invited device drops out, at a stage chosen uniformly.
+    /// Probability that an invited device drops out, at a stage chosen uniformly from
+    /// `drop_from` to the last (0: any stage; 2: only before its masked input or its unmasking,
+    /// the two stages Flower's SecAgg+ survives dropouts at).
     pub dropout: f64,
+    /// See `dropout`.
+    pub drop_from: u32,
     /// Seed of the devices' randomness.
     pub seed: u64,
     /// Rounds to see end before stopping.
@@ -141,12 +147,15 @@ pub struct SimReport {
     pub devices: u32,
     /// Dropouts the devices simulated.
     pub dropouts: u64,
-    /// HTTP requests the devices made, and their latency p50 / p99 (ms).
+    /// HTTP requests the devices made, long polls excepted (enrollment, invitations, plans,
+    /// model files, messages, round status), and their latency p50 / p99 (ms).
     pub requests: u64,
     /// See `requests`.
     pub p50_ms: f64,
     /// See `requests`.
     pub p99_ms: f64,
+    /// The same by kind of request.
+    pub by_kind: Vec<Latency>,
     /// Wall time (s).
     pub secs: f64,
     /// Every message the server acknowledged.
@@ -195,13 +204,16 @@ struct DeviceModel {
 /// What the device tasks share: the HTTP client, the model cache, the latency log.
 struct Shared {
     http: reqwest::Client,
-    base: String,
+    servers: Vec<String>,
+    /// The replica the devices speak to now.
+    current: std::sync::atomic::AtomicUsize,
     pop: Arc<Population>,
     models: tokio::sync::Mutex<HashMap<u32, Arc<DeviceModel>>>,
     training: tokio::sync::Semaphore,
-    latencies: std::sync::Mutex<Vec<f32>>,
+    latencies: std::sync::Mutex<Vec<(&'static str, f32)>>,
     acked: std::sync::Mutex<Vec<Acked>>,
     dropout: f64,
+    drop_from: u32,
     seed: u64,
     updates: Option<Arc<UpdateCache>>,
 }
@@ -209,23 +221,41 @@ struct Shared {
 impl Shared {
     /// Sends a request, retrying 429/503 and failed connections (a server restarting) with
     /// backoff for up to a minute, and logs its latency.
-    async fn send(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Res<reqwest::Response> {
+    async fn send(&self, path: &str, make: impl Fn(String) -> reqwest::RequestBuilder) -> Res<reqwest::Response> {
+        self.send_logged(path, make, true).await
+    }
+
+    /// [`Shared::send`] for a long poll: its latency is how long the server had nothing to say,
+    /// so it is not logged.
+    async fn poll(&self, path: &str, make: impl Fn(String) -> reqwest::RequestBuilder) -> Res<reqwest::Response> {
+        self.send_logged(path, make, false).await
+    }
+
+    /// Sends `path` to the current replica (`make` builds the request from the full URL); a
+    /// connection that fails moves every device to the next replica.
+    async fn send_logged(&self, path: &str, make: impl Fn(String) -> reqwest::RequestBuilder, log: bool) -> Res<reqwest::Response> {
         let mut pause = Duration::from_millis(20);
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
             let t = Instant::now();
-            let res = match make().send().await {
+            let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+            let res = match make(format!("{}{path}", self.servers[at])).send().await {
                 Ok(r) => r,
-                // Refused, reset or cut: the server may be restarting; the same bytes go again.
+                // Refused, reset or cut: the replica may be restarting or gone; the same bytes go
+                // again, to the next replica if there is one.
                 Err(e) if !(e.is_builder() || e.is_decode()) && Instant::now() < give_up => {
+                    let next = (at + 1) % self.servers.len();
+                    if next != at && self.current.compare_exchange(at, next, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed).is_ok() {
+                        tracing::warn!(from = %self.servers[at], to = %self.servers[next], error = %e, "replica unreachable: moving to the next");
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Ok(mut l) = self.latencies.lock() {
-                l.push(t.elapsed().as_secs_f32() * 1e3);
+            if log && let Ok(mut l) = self.latencies.lock() {
+                l.push((request_kind(path), t.elapsed().as_secs_f32() * 1e3));
             }
             if (res.status() == StatusCode::TOO_MANY_REQUESTS || res.status() == StatusCode::SERVICE_UNAVAILABLE) && Instant::now() < give_up {
                 tokio::time::sleep(pause).await;
@@ -236,10 +266,10 @@ impl Shared {
         }
     }
 
-    async fn bytes(&self, url: &str) -> Res<Vec<u8>> {
-        let res = self.send(|| self.http.get(url)).await?;
+    async fn bytes(&self, path: &str) -> Res<Vec<u8>> {
+        let res = self.send(path, |url| self.http.get(url)).await?;
         if !res.status().is_success() {
-            return Err(SimulateError::Server(format!("GET {url}: {}", res.status())));
+            return Err(SimulateError::Server(format!("GET {path}: {}", res.status())));
         }
         Ok(res.bytes().await?.to_vec())
     }
@@ -249,8 +279,8 @@ impl Shared {
         if let Some(m) = cache.get(&version) {
             return Ok(m.clone());
         }
-        let global = self.bytes(&format!("{}/v1/models/{version}/global.bin", self.base)).await?;
-        let manifest = self.bytes(&format!("{}/v1/models/{version}/manifest.json", self.base)).await?;
+        let global = self.bytes(&format!("/v1/models/{version}/global.bin")).await?;
+        let manifest = self.bytes(&format!("/v1/models/{version}/manifest.json")).await?;
         let manifest: ModelManifest = serde_json::from_slice(&manifest).map_err(|e| SimulateError::Device(format!("manifest: {e}")))?;
         if manifest.files.get("global.bin").map(String::as_str) != Some(crate::serve::models::sha256_hex(&global).as_str()) {
             return Err(SimulateError::Device(format!("global.bin of version {version} does not match its manifest")));
@@ -264,8 +294,8 @@ impl Shared {
     }
 
     async fn post(&self, round: i64, stage: u32, index: u32, body: Vec<u8>) -> Res<()> {
-        let url = format!("{}/v1/rounds/{round}/messages", self.base);
-        let res = self.send(|| self.http.post(&url).header("content-type", "application/octet-stream").body(body.clone())).await?;
+        let url = format!("/v1/rounds/{round}/messages");
+        let res = self.send(&url, |url| self.http.post(url).header("content-type", "application/octet-stream").body(body.clone())).await?;
         match res.status() {
             StatusCode::ACCEPTED | StatusCode::OK => {
                 if let Ok(mut a) = self.acked.lock() {
@@ -279,9 +309,9 @@ impl Shared {
 
     /// The server's request for `stage`, or None when this client is not asked.
     async fn ask(&self, round: i64, index: u32, stage: u32) -> Res<Option<Vec<u8>>> {
-        let url = format!("{}/v1/rounds/{round}/requests/{index}?stage={stage}&wait_ms=20000", self.base);
+        let url = format!("/v1/rounds/{round}/requests/{index}?stage={stage}&wait_ms=20000");
         loop {
-            let res = self.send(|| self.http.get(&url)).await?;
+            let res = self.poll(&url, |url| self.http.get(url)).await?;
             match res.status() {
                 StatusCode::OK => return Ok(Some(res.bytes().await?.to_vec())),
                 StatusCode::TOO_EARLY => continue,
@@ -308,8 +338,7 @@ async fn enroll(shared: &Shared, slot: u32, user: u32) -> Res<Device> {
     let sig = pair.sign(&enrollment_message(&public));
     let hex = hearth_core::data::hex;
     let body = Enrollment { public_key: hex(&public), proof: hex(sig.as_ref()) };
-    let url = format!("{}/v1/devices", shared.base);
-    let res = shared.send(|| shared.http.post(&url).json(&body)).await?;
+    let res = shared.send("/v1/devices", |url| shared.http.post(url).json(&body)).await?;
     if !res.status().is_success() {
         return Err(SimulateError::Server(format!("enrollment: {}", res.status())));
     }
@@ -319,8 +348,8 @@ async fn enroll(shared: &Shared, slot: u32, user: u32) -> Res<Device> {
 
 /// A device's part in round `round`.
 async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Option<DeviceOutcome>> {
-    let url = format!("{}/v1/rounds/{round}/participants/{}", shared.base, device.id);
-    let res = shared.send(|| shared.http.get(&url)).await?;
+    let url = format!("/v1/rounds/{round}/participants/{}", device.id);
+    let res = shared.send(&url, |url| shared.http.get(url)).await?;
     if res.status() == StatusCode::NOT_FOUND {
         return Ok(None);
     }
@@ -328,12 +357,12 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
         return Err(SimulateError::Server(format!("GET {url}: {}", res.status())));
     }
     let Invitation { index, .. } = res.json().await?;
-    let plan = RoundPlan::decode(&shared.bytes(&format!("{}/v1/rounds/{round}/plan", shared.base)).await?).map_err(|e| SimulateError::Device(e.to_string()))?;
+    let plan = RoundPlan::decode(&shared.bytes(&format!("/v1/rounds/{round}/plan")).await?).map_err(|e| SimulateError::Device(e.to_string()))?;
     let model = shared.model(plan.model_version).await?;
     let r = round as u64;
     let (user, slot) = (device.user, device.slot);
     let mut rng = ChaCha20Rng::seed_from_u64(shared.seed.wrapping_mul(31) ^ (u64::from(slot) << 32) ^ r ^ 0x5eed);
-    let drop_at: u32 = if rng.random::<f64>() < shared.dropout { rng.random_range(0..4) } else { 4 };
+    let drop_at: u32 = if rng.random::<f64>() < shared.dropout { rng.random_range(shared.drop_from.min(3)..4) } else { 4 };
     // Local training and encoding, off the async threads.
     let key = (slot, round, model.sha256.clone());
     let cached = shared.updates.as_ref().and_then(|c| c.lock().ok()?.get(&key).cloned());
@@ -420,16 +449,21 @@ pub enum Progress {
 /// Runs the devices until `cfg.rounds` rounds have ended on the server.
 pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: impl FnMut(Progress)) -> Res<SimReport> {
     let t0 = Instant::now();
+    if cfg.servers.is_empty() {
+        return Err(SimulateError::Device("no aggregator to speak to".into()));
+    }
     let http = reqwest::Client::builder().pool_max_idle_per_host(4096).timeout(Duration::from_secs(120)).build()?;
     let shared = Arc::new(Shared {
         http,
-        base: cfg.server.trim_end_matches('/').to_owned(),
+        servers: cfg.servers.iter().map(|s| s.trim_end_matches('/').to_owned()).collect(),
+        current: std::sync::atomic::AtomicUsize::new(0),
         pop,
         models: tokio::sync::Mutex::new(HashMap::new()),
         training: tokio::sync::Semaphore::new(cfg.parallel_training.max(1)),
         latencies: std::sync::Mutex::new(Vec::new()),
         acked: std::sync::Mutex::new(Vec::new()),
         dropout: cfg.dropout,
+        drop_from: cfg.drop_from,
         seed: cfg.seed,
         updates: cfg.updates.clone(),
     });
@@ -479,8 +513,8 @@ pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: 
     let mut after = 0i64;
     let mut waiting = Instant::now();
     while (rounds.len() as u32) < cfg.rounds {
-        let url = format!("{}/v1/rounds/current?after={after}&wait_ms=20000", shared.base);
-        let res = shared.send(|| shared.http.get(&url)).await?;
+        let url = format!("/v1/rounds/current?after={after}&wait_ms=20000");
+        let res = shared.poll(&url, |url| shared.http.get(url)).await?;
         if res.status() == StatusCode::NOT_FOUND {
             if waiting.elapsed() > NO_ROUND_FOR {
                 return Err(SimulateError::Server(format!(
@@ -524,19 +558,63 @@ pub async fn simulate(cfg: &SimulateConfig, pop: Arc<Population>, mut progress: 
     for t in tasks {
         let _ = t.await;
     }
-    let mut lat = shared.latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    lat.sort_by(f32::total_cmp);
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0) as f64;
+    let lat = shared.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let all = Latency::of("all", lat.iter().map(|l| l.1).collect());
+    let mut kinds: Vec<&str> = lat.iter().map(|l| l.0).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let by_kind = kinds.into_iter().map(|k| Latency::of(k, lat.iter().filter(|l| l.0 == k).map(|l| l.1).collect())).collect();
     Ok(SimReport {
         rounds,
         devices: devices.len() as u32,
         dropouts: dropouts.load(std::sync::atomic::Ordering::Relaxed),
-        requests: lat.len() as u64,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
+        requests: all.count,
+        p50_ms: all.p50_ms,
+        p99_ms: all.p99_ms,
+        by_kind,
         secs: t0.elapsed().as_secs_f64(),
         acked: shared.acked.lock().map(|a| a.clone()).unwrap_or_default(),
     })
+}
+
+/// Latencies of one kind of request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// enroll, invitation, plan, model file, message or round status.
+    pub kind: &'static str,
+    /// Requests.
+    pub count: u64,
+    /// Median (ms).
+    pub p50_ms: f64,
+    /// 99th percentile (ms).
+    pub p99_ms: f64,
+    /// Largest (ms).
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(kind: &'static str, mut ms: Vec<f32>) -> Latency {
+        ms.sort_by(f32::total_cmp);
+        let pct = |p: f64| ms.get(((ms.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0) as f64;
+        Latency { kind, count: ms.len() as u64, p50_ms: pct(0.5), p99_ms: pct(0.99), max_ms: pct(1.0) }
+    }
+}
+
+/// What a device's request to `path` is, for the latency table.
+fn request_kind(path: &str) -> &'static str {
+    if path.starts_with("/v1/devices") {
+        "enroll"
+    } else if path.starts_with("/v1/models/") {
+        "model file"
+    } else if path.contains("/participants/") {
+        "invitation"
+    } else if path.ends_with("/plan") {
+        "plan"
+    } else if path.ends_with("/messages") {
+        "message"
+    } else {
+        "round status"
+    }
 }
 
 /// How long the simulation waits for the server to open its next round.
@@ -546,8 +624,8 @@ const NO_ROUND_FOR: Duration = Duration::from_secs(120);
 async fn wait_end(shared: &Shared, mut v: RoundView) -> Res<RoundView> {
     while v.status == "open" {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let url = format!("{}/v1/rounds/{}", shared.base, v.number);
-        let res = shared.send(|| shared.http.get(&url)).await?;
+        let url = format!("/v1/rounds/{}", v.number);
+        let res = shared.send(&url, |url| shared.http.get(url)).await?;
         if !res.status().is_success() {
             return Err(SimulateError::Server(format!("GET {url}: {}", res.status())));
         }

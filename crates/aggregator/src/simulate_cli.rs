@@ -17,7 +17,8 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub(crate) struct SimulateArgs {
-    /// Devices (the first N users of the data; 0: every user).
+    /// Devices: device k holds user k's history, cycling through the users when there are more
+    /// devices than users (0: one device per user).
     #[arg(long, default_value_t = 100)]
     pub(crate) devices: u32,
     /// Rounds to run.
@@ -40,15 +41,19 @@ pub(crate) struct SimulateArgs {
     /// The model the first round trains.
     #[arg(long, default_value = "models/ml100k")]
     pub(crate) model: PathBuf,
-    /// An aggregator to use instead of starting one (its model must fit the data).
-    #[arg(long)]
-    pub(crate) server: Option<String>,
+    /// An aggregator to use instead of starting one (its model must fit the data); several
+    /// replicas comma-separated: devices move to the next when one cannot be reached.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) server: Vec<String>,
     /// The started server's data directory (default: a new temporary one).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
     /// How long each secure-aggregation stage waits for devices that dropped (ms).
     #[arg(long, default_value_t = 5_000)]
     pub(crate) stage_timeout_ms: i64,
+    /// Close a stage early once enough devices answered and none did for this long (ms).
+    #[arg(long)]
+    pub(crate) stage_quiet_ms: Option<i64>,
     /// Seed of sampling, round seeds and devices.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
@@ -91,7 +96,7 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime, on: hearth_aggre
     anyhow::ensure!((0.0..1.0).contains(&a.dropout), "--dropout must be in [0, 1)");
     anyhow::ensure!(a.rounds > 0, "--rounds must be at least 1");
     let pop = Arc::new(Population::new(&ds, &split, &bundle.catalog.popularity));
-    let n = if a.devices == 0 { ds.users.len() } else { (a.devices as usize).min(ds.users.len()) };
+    let n = if a.devices == 0 { ds.users.len() } else { a.devices as usize };
     let per_round = a.per_round.unwrap_or(n.min(100) as u32).min(n as u32).max(1);
     let q = f64::from(per_round) / n as f64;
     // The noise is sized for 70 % of the expected survivors; fewer abort the round.
@@ -103,6 +108,7 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime, on: hearth_aggre
         max_rounds: Some(a.rounds),
         seed: Some(a.seed),
         stage_timeout_ms: a.stage_timeout_ms,
+        stage_quiet_ms: a.stage_quiet_ms,
         budget_epsilon: a.epsilon.map(|e| e * (1.0 + 1e-6)),
         ..RoundConfig::default()
     };
@@ -123,9 +129,9 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime, on: hearth_aggre
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let report = rt.block_on(async {
-        let (url, running) = match &a.server {
-            Some(s) => (s.clone(), None),
-            None => {
+        let (servers, running) = match a.server.is_empty() {
+            false => (a.server.clone(), None),
+            true => {
                 let data_dir = a.data_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("hearth-simulate-{}", std::process::id())));
                 let _ = std::fs::remove_dir_all(&data_dir);
                 let cfg = ServeConfig {
@@ -141,15 +147,16 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime, on: hearth_aggre
                 if !a.json {
                     eprintln!("aggregator on http://{} (data in {})", r.addr, data_dir.display());
                 }
-                (format!("http://{}", r.addr), Some(r))
+                (vec![format!("http://{}", r.addr)], Some(r))
             }
         };
         let enrolled = bar(&multi, n as u64, "enrolling {wide_bar} {pos}/{len} devices");
         let rounds = bar(&multi, u64::from(a.rounds), "rounds    {wide_bar} {pos}/{len} {msg}");
         let cfg = SimulateConfig {
-            server: url,
-            users: (0..n as u32).collect(),
+            servers,
+            users: (0..n).map(|k| (k % ds.users.len()) as u32).collect(),
             dropout: a.dropout,
+            drop_from: 0,
             seed: a.seed,
             rounds: a.rounds,
             parallel_training: std::thread::available_parallelism().map_or(2, |p| p.get()),

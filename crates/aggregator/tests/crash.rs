@@ -38,7 +38,7 @@ async fn run(name: &str, rounds: u32, kill: bool, updates: Arc<UpdateCache>) -> 
     let child = Arc::new(std::sync::Mutex::new(spawn(&cfg, &log)));
     let pop = population();
     let base = format!("http://127.0.0.1:{port}");
-    let sim = SimulateConfig { server: base.clone(), users: (0..DEVICES).collect(), dropout: 0.0, seed: 9, rounds, parallel_training: 2, updates: Some(updates) };
+    let sim = SimulateConfig { servers: vec![base.clone()], users: (0..DEVICES).collect(), dropout: 0.0, drop_from: 0, seed: 9, rounds, parallel_training: 2, updates: Some(updates) };
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killer = {
         let (child, done, cfg, log) = (child.clone(), done.clone(), cfg.clone(), log.clone());

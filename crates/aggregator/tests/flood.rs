@@ -26,7 +26,7 @@ async fn a_flood_of_bad_requests_is_refused_in_bounded_memory_and_the_round_comp
     healthy(&base).await;
     let (idle_kb, _) = memory_kb(pid).unwrap();
     // The devices.
-    let sim = SimulateConfig { server: base.clone(), users: (0..DEVICES).collect(), dropout: 0.0, seed: 4, rounds: 2, parallel_training: 2, updates: None };
+    let sim = SimulateConfig { servers: vec![base.clone()], users: (0..DEVICES).collect(), dropout: 0.0, drop_from: 0, seed: 4, rounds: 2, parallel_training: 2, updates: None };
     let devices = tokio::spawn(async move { simulate(&sim, population(), |_| {}).await });
     // The flood: garbage messages, oversized messages, broken enrollments, unknown rounds'
     // plans.

@@ -1,9 +1,11 @@
 //! Two aggregator replicas on one PostgreSQL that the test starts itself (Debian's server
-//! binaries, `initdb` / `pg_ctl` as the `postgres` user in a temporary directory, no network):
-//! the devices speak to one replica while the other owns the rounds; the owner is SIGKILLed in
-//! the middle of a round; the survivor takes the ownership (the advisory lock dies with the
-//! killed process's connection), rebuilds the round from the database and completes it, and
-//! every acknowledged message is in it exactly once.
+//! binaries, `initdb` / `pg_ctl` as the `postgres` user in a temporary directory, no network).
+//! A owns the rounds; the devices speak to B. In round 1, B (taking every submission) is
+//! SIGKILLed mid-round: the devices move to A and resend what was not acknowledged. B restarts.
+//! In round 2, A (the owner, now taking the submissions) is SIGKILLed mid-round: the devices
+//! move back to B, which takes the ownership (the advisory lock dies with the killed process's
+//! connection), rebuilds the round from the database and completes it. Both rounds complete with
+//! every device, and every acknowledged message is in them exactly once.
 //!
 //! `HEARTH_REPLICA_DEVICES` (default 100) sets the devices (past MovieLens' 943 people, device k
 //! holds user k mod 943's history).
@@ -64,37 +66,71 @@ impl Drop for Postgres {
     }
 }
 
+/// Round `number`'s status as `base` reports it (None: unreachable or unknown).
+async fn status_of(base: &str, number: i64) -> Option<String> {
+    let v: serde_json::Value = reqwest::get(format!("{base}/v1/rounds/{number}")).await.ok()?.json().await.ok()?;
+    v["status"].as_str().map(str::to_owned)
+}
+
+/// Waits until `base` shows round `number` in a mid-round stage (the first seen: masked input,
+/// usually, the longest), then SIGKILLs `victim`; returns where it was.
+async fn kill_mid_round(base: &str, number: i64, victim: &mut std::process::Child) -> String {
+    let t = Instant::now();
+    loop {
+        let v: serde_json::Value = match reqwest::get(format!("{base}/v1/rounds/current")).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if v["number"] == number && v["status"] == "open" && ["share_keys", "masked_input", "unmask"].contains(&v["stage"].as_str().unwrap_or_default()) {
+            victim.kill().unwrap();
+            victim.wait().unwrap();
+            return format!("round {number}'s {}", v["stage"].as_str().unwrap_or_default());
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "round {number} was not seen mid-way: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_replicas_on_postgres_survive_the_owner_killed_mid_round() {
+async fn two_replicas_on_postgres_survive_either_killed_mid_round() {
     let devices: u32 = std::env::var("HEARTH_REPLICA_DEVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let root = std::env::temp_dir().join(format!("hearth-replicas-{}", std::process::id()));
     let pg = Postgres::start(&root.join("pg"));
     let extra = format!("database = \"{}\"\nmodel_store = \"{}\"", pg.url(), root.join("models").display());
     let (pa, pb) = (free_port(), free_port());
-    let mut a = spawn(&config_with(&root.join("a"), pa, 2, devices, &extra), &root.join("a.log"));
-    healthy(&format!("http://127.0.0.1:{pa}")).await;
-    let mut b = spawn(&config_with(&root.join("b"), pb, 2, devices, &extra), &root.join("b.log"));
-    let base_b = format!("http://127.0.0.1:{pb}");
+    let (cfg_a, cfg_b) = (config_with(&root.join("a"), pa, 2, devices, &extra), config_with(&root.join("b"), pb, 2, devices, &extra));
+    let (base_a, base_b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
+    let mut a = spawn(&cfg_a, &root.join("a.log"));
+    healthy(&base_a).await;
+    let mut b = spawn(&cfg_b, &root.join("b.log"));
     healthy(&base_b).await;
-    // Every device speaks to B; A owns the rounds.
-    let sim = SimulateConfig { server: base_b.clone(), users: (0..devices).map(|k| k % 943).collect(), dropout: 0.0, seed: 2, rounds: 2, parallel_training: 2, updates: None };
-    let run = tokio::spawn(async move { simulate(&sim, population(), |_| {}).await });
-    // Kill A in the middle of a round.
-    let t = Instant::now();
-    let killed_at = loop {
-        let v: serde_json::Value = match reqwest::get(format!("{base_b}/v1/rounds/current")).await {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => serde_json::Value::Null,
-        };
-        // The first mid-round stage seen (masked input, usually: the longest stage).
-        if v["status"] == "open" && ["share_keys", "masked_input", "unmask"].contains(&v["stage"].as_str().unwrap_or_default()) {
-            a.kill().unwrap();
-            a.wait().unwrap();
-            break format!("round {}'s {}", v["number"], v["stage"].as_str().unwrap_or_default());
-        }
-        assert!(t.elapsed() < Duration::from_secs(300), "no round was seen mid-way: {v}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // A owns the rounds (it took the lock first); every device speaks to B, then to A if B
+    // cannot be reached, and back.
+    let sim = SimulateConfig {
+        servers: vec![base_b.clone(), base_a.clone()],
+        users: (0..devices).map(|k| k % 943).collect(),
+        dropout: 0.0,
+        drop_from: 0,
+        seed: 2,
+        rounds: 2,
+        parallel_training: 2,
+        updates: None,
     };
+    let run = tokio::spawn(async move { simulate(&sim, population(), |_| {}).await });
+    // Round 1: kill B, the replica taking every submission (not the owner): the devices move to A.
+    let first = kill_mid_round(&base_a, 1, &mut b).await;
+    // B comes back (not the owner) once round 1 is done.
+    let t = Instant::now();
+    while matches!(status_of(&base_a, 1).await.as_deref(), None | Some("open")) {
+        assert!(t.elapsed() < Duration::from_secs(300), "round 1 never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut b = spawn(&cfg_b, &root.join("b.log"));
+    healthy(&base_b).await;
+    // Round 2: kill A, the owner, which now also takes the submissions: the devices move back to
+    // B, which takes the ownership and rebuilds the round from the database.
+    let second = kill_mid_round(&base_b, 2, &mut a).await;
+    let killed_at = format!("B (taking submissions) at {first}, then A (the owner, taking submissions) at {second}");
     let report = run.await.unwrap().unwrap_or_else(|e| panic!("{e}; logs in {}", root.display()));
     for r in &report.rounds {
         assert_eq!(r.status, "done", "{r:?}");
@@ -121,7 +157,7 @@ async fn two_replicas_on_postgres_survive_the_owner_killed_mid_round() {
         }
     }
     eprintln!(
-        "{devices} devices through replica B; replica A (the owner) SIGKILLed at {killed_at} stage; B took over; 2 rounds done with {devices} survivors each; {} acknowledged messages each stored once",
+        "{devices} devices; SIGKILLed {killed_at}; devices moved replica both times, B took the rounds over; 2 rounds done with {devices} survivors each; {} acknowledged messages each stored once",
         report.acked.len()
     );
     b.kill().unwrap();

@@ -61,7 +61,7 @@ async fn rounds_over_http_publish_versions_keep_the_ledger_and_are_observable() 
     let cfg = config("rounds", 16, round);
     let running = start(cfg).await.unwrap();
     let base = format!("http://{}", running.addr);
-    let sim = SimulateConfig { server: base.clone(), users: (0..16).collect(), dropout: 0.2, seed: 3, rounds: 3, parallel_training: 2, updates: None };
+    let sim = SimulateConfig { servers: vec![base.clone()], users: (0..16).collect(), dropout: 0.2, drop_from: 0, seed: 3, rounds: 3, parallel_training: 2, updates: None };
     let report = simulate(&sim, population(), |_| {}).await.unwrap();
     assert_eq!(report.rounds.len(), 3);
     let done: Vec<_> = report.rounds.iter().filter(|r| r.status == "done").collect();

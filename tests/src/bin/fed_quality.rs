@@ -9,11 +9,15 @@
 //! (both) [--groups tower,items,history-items,item-tags] [--clip 1] [--server fedadam|fedavg] [--lr]
 //!     [--tau 1e-3] [--epochs 2] [--local-lr 0.05] [--recon-steps 20] [--decay-every 0 --decay 1]
 //!     [--reconstruct] [--eval-every N] [--local-user-l2 P] [--uniform-negatives]
+//! cargo run -p hearth-tests --bin fed_quality -- half --http …   # the rounds over HTTP
 //! ```
 //! - `scratch`: federated rounds over every user from the same initialisation as the central
 //!   model (`models/ml100k`, seed 42), no DP, beside that central model.
 //! - `half`: v1 trained centrally on the even users; federated rounds over the odd users, with
 //!   no DP and at each cumulative ε; everything scored on the odd users; central on all users.
+//!   With `--http` the rounds run through the aggregator server instead of in process: a
+//!   `hearth-aggregator serve` started here on 127.0.0.1 (SQLite in a temporary directory, v1 its
+//!   first model) and one device task per odd user speaking HTTP to it (`simulate`).
 
 use std::fmt::Display;
 use std::path::Path;
@@ -68,6 +72,9 @@ enum Mode {
         /// Score every N rounds (0: only at the end).
         #[arg(long, default_value_t = 0)]
         eval_every: u32,
+        /// Run the rounds through the aggregator server over HTTP.
+        #[arg(long)]
+        http: bool,
         #[command(flatten)]
         opts: Opts,
     },
@@ -252,6 +259,76 @@ fn rounds_scored(
     failed.map(|()| end)
 }
 
+/// `cfg`'s rounds through the aggregator server: one started in this process on 127.0.0.1
+/// (SQLite in a temporary directory, `v1` its first model) and one device task per `eligible`
+/// user speaking HTTP to it. Returns the last published global parameters and the ledger's ε.
+fn rounds_over_http(v1: &ModelBundle, pop: std::sync::Arc<Population>, eligible: &[u32], cfg: &SimConfig, name: &str) -> Result<(TensorFile, Option<f64>), String> {
+    use hearth_aggregator::serve::rounds::RoundConfig;
+    use hearth_aggregator::serve::{ServeConfig, models::ModelStore, start};
+    use hearth_aggregator::simulate::{Progress, SimulateConfig, simulate};
+    let dir = std::env::temp_dir().join(format!("hearth-fed-quality-{}-{}", std::process::id(), cfg.seed));
+    let _ = std::fs::remove_dir_all(&dir);
+    hearth_aggregator::write_model_dir(&dir.join("v1"), v1).map_err(ctx("writing v1"))?;
+    let round = RoundConfig {
+        devices_per_round: cfg.devices,
+        min_devices: eligible.len() as u32,
+        min_survivors: cfg.min_survivors,
+        groups: cfg.groups.clone(),
+        clip: cfg.clip,
+        noise_multiplier: cfg.noise_multiplier,
+        budget_epsilon: None,
+        max_rounds: Some(cfg.rounds),
+        local: cfg.local.clone(),
+        optimizer: cfg.server.clone(),
+        stage_timeout_ms: 120_000,
+        // Dropped devices cost a quiet second, not the timeout.
+        stage_quiet_ms: (cfg.dropout > 0.0).then_some(1_000),
+        seed: Some(cfg.seed),
+        ..RoundConfig::default()
+    };
+    let serve = ServeConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        data_dir: dir.clone(),
+        model: dir.join("v1"),
+        backend: hearth_aggregator::Backend::Cpu,
+        round,
+        ..ServeConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ctx("a runtime"))?;
+    let out = rt.block_on(async {
+        let server = start(serve).await.map_err(ctx("starting the aggregator"))?;
+        let sim = SimulateConfig {
+            servers: vec![format!("http://{}", server.addr)],
+            users: eligible.to_vec(),
+            dropout: cfg.dropout,
+            drop_from: 0,
+            seed: cfg.seed,
+            rounds: cfg.rounds,
+            parallel_training: std::thread::available_parallelism().map_or(2, |p| p.get()),
+            updates: None,
+        };
+        let report = simulate(&sim, pop, |p| {
+            if let Progress::Round(r) = p {
+                eprintln!("{name} round {} over HTTP: {} {}, {} of {} devices, ε {:?}, {:.1} s", r.round, r.status, r.published.map_or(String::new(), |v| format!("v{v}")), r.survivors, r.invited, r.epsilon, r.secs);
+            }
+        })
+        .await
+        .map_err(ctx("the devices"))?;
+        let models = ModelStore::local(&dir.join("models")).map_err(ctx("the model store"))?;
+        let latest = models.latest().await.map_err(ctx("the model store"))?.ok_or("nothing published")?;
+        let global = models.file(latest, "global.bin").await.map_err(ctx("the model store"))?.ok_or("no global.bin")?;
+        server.shutdown().await;
+        let done = report.rounds.iter().filter(|r| r.status == "done").count();
+        if done as u32 != cfg.rounds {
+            return Err(format!("{done} of {} rounds done: {:?}", cfg.rounds, report.rounds));
+        }
+        let global = TensorFile::decode(&global).map_err(ctx("the published global.bin"))?;
+        Ok((global, report.rounds.last().and_then(|r| r.epsilon)))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
 fn main() -> ExitCode {
     match main_() {
         Ok(()) => ExitCode::SUCCESS,
@@ -302,7 +379,10 @@ fn main_() -> Result<(), String> {
                 scored(rounds, &end)?;
             }
         }
-        Mode::Half { rounds, devices, eps, eval_every, opts } => {
+        Mode::Half { rounds, devices, eps, eval_every, http, opts } => {
+            if http && (opts.uniform_negatives || opts.decay_every > 0 || eval_every > 0 || opts.reconstruct) {
+                return Err("--http runs what the server runs: no --uniform-negatives, --decay-every, --eval-every or --reconstruct".into());
+            }
             let scorer = Scorer { bundle: &central, ds: &ds, reconstruct: opts.reconstruct };
             let targets = eps.split(',').filter(|e| *e != "none").map(|e| e.parse::<f64>().map_err(|_| format!("--eps: not a number: {e}"))).collect::<Result<Vec<_>, _>>()?;
             let odd: Vec<u32> = (0..ds.users.len() as u32).filter(|u| u % 2 == 1).collect();
@@ -321,9 +401,14 @@ fn main_() -> Result<(), String> {
             let layout = Layout::new(&dims, &opts.groups());
             // The noise is sized for 90 % of the expected devices surviving.
             let min_survivors = (f64::from(devices) * 0.9) as u32;
+            let pop_http = std::sync::Arc::new(Population::new(&ds, &split, &v1.catalog.popularity));
             let last = |name: String, noise: f64, seed: u64| -> Result<[f64; 3], String> {
                 let mut final_eps = None;
-                let g = rounds_scored(
+                let g = if http {
+                    let (g, e) = rounds_over_http(&v1, pop_http.clone(), &odd, &opts.sim(rounds, devices, noise, min_survivors, seed), &name)?;
+                    final_eps = e;
+                    g
+                } else { rounds_scored(
                     &pop,
                     &odd,
                     &v1.global,
@@ -343,7 +428,7 @@ fn main_() -> Result<(), String> {
                         eprintln!("{name} after round {round}: {:.4} / {:.4} / {:.4}", s[0], s[1], s[2]);
                         Ok(())
                     },
-                )?;
+                )? };
                 let s = scorer.score(&g, &on_odd)?;
                 row(&name, s, Some(base), &format!("{rounds} × ~{devices} devices, ε {}, z {noise:.2}", final_eps.map_or("∞ (no DP)".into(), |e| format!("{e:.2}"))));
                 Ok(s)

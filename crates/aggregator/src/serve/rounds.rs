@@ -62,6 +62,11 @@ pub struct RoundConfig {
     pub optimizer: ServerOptimizer,
     /// How long a stage waits for its messages (ms).
     pub stage_timeout_ms: i64,
+    /// Close a stage before its deadline once it holds `min_survivors` messages and none came
+    /// for this long (ms): devices that dropped then cost this, not the whole timeout. None:
+    /// wait for every device asked or the deadline. Which messages a quiet close takes depends on
+    /// timing, so runs that must repeat exactly leave it off.
+    pub stage_quiet_ms: Option<i64>,
     /// Pause between rounds (ms).
     pub pause_ms: u64,
     /// Seed of sampling and round seeds (None: the system's CSPRNG). Set it only to reproduce a
@@ -84,6 +89,7 @@ impl Default for RoundConfig {
             local: LocalTraining { reconstruction_steps: 0, lr: 0.005, user_l2: Some(0.0), ..LocalTraining::default() },
             optimizer: ServerOptimizer::FedAvg { lr: 2.0 },
             stage_timeout_ms: 60_000,
+            stage_quiet_ms: None,
             pause_ms: 0,
             seed: None,
         }
@@ -375,8 +381,9 @@ impl Engine {
         let stage = r.phase / 2;
         if r.phase % 2 == 0 {
             let expected = if stage == 0 { r.participants.len() as i64 } else { self.store.count_requests(r.number, stage).await? };
-            let got = self.store.count_messages(r.number, stage).await?;
-            if got >= expected || now >= r.stage_deadline_ms {
+            let (got, last_ms) = self.store.stage_progress(r.number, stage).await?;
+            let quiet = self.cfg.stage_quiet_ms.is_some_and(|q| got >= i64::from(self.cfg.min_survivors) && last_ms.is_some_and(|t| now - t >= q));
+            if got >= expected || quiet || now >= r.stage_deadline_ms {
                 // Stop accepting first: the messages consumed are then exactly those stored.
                 self.store.set_phase(r.number, r.phase + 1, r.stage_deadline_ms).await?;
                 self.bump();
