@@ -257,6 +257,7 @@ fn main() -> Result<()> {
     if let Some(fl) = &flower {
         println!("| … Ray's processes (workers, GCS, raylet; shared pages counted in each) | | {} | |", show(fl["descendants_peak_rss_mb"].as_f64(), "MB"));
         println!("| updates in the sum (run 1) | {} | {} | |", rows[0].4, fl["survivors"]);
+        println!("| Flower's stages (s) | | {} | |", fl["stage_secs"]);
         println!("| check | every acknowledged update summed (server) | max abs error {} | |", fl["max_abs_error"]);
     }
     println!("| requests per round | {} | | |", rows[0].5);

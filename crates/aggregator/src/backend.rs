@@ -110,7 +110,7 @@ pub const PROBE_ENV: &str = "HEARTH_PROBE";
 pub fn choose(asked: Backend, probe_exe: Option<&Path>) -> Result<Choice> {
     let cuda = || probe_cuda(probe_exe);
     match asked {
-        Backend::Cpu => Ok(Choice { device: Device::Cpu, why: "asked for (--backend cpu)".into() }),
+        Backend::Cpu => Ok(Choice { device: Device::Cpu, why: "asked for".into() }),
         Backend::Cuda => match cuda() {
             Ok(found) => Ok(Choice { device: Device::Cuda, why: format!("asked for; {found}") }),
             Err(e) => Err(AggregatorError::Backend(format!("--backend cuda: {e} (--backend auto falls back to the CPU)"))),
@@ -277,4 +277,35 @@ fn cuda_here() -> std::result::Result<String, String> {
 pub fn probe_exe() -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().ok()?;
     (exe.file_stem()? == "hearth-aggregator").then_some(exe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_process_probe_answers_instead_of_panicking() {
+        // No GPU (CI): cudarc's panic becomes the one-line reason; with one, the devices found.
+        match probe_cuda(None) {
+            Ok(found) => assert!(found.contains("CUDA device"), "{found}"),
+            Err(why) => assert!(!why.is_empty() && !why.contains("searched for library names"), "{why}"),
+        }
+        // Asking for it says the same, as an error; auto never fails for want of it.
+        let auto = choose(Backend::Auto, None).expect("auto always chooses");
+        match choose(Backend::Cuda, None) {
+            Ok(c) => assert_eq!((c.device, auto.device), (Device::Cuda, Device::Cuda)),
+            Err(e) => {
+                assert!(e.to_string().starts_with("backend: --backend cuda: "), "{e}");
+                assert_ne!(auto.device, Device::Cuda);
+            }
+        }
+    }
+
+    #[test]
+    fn messages_name_the_missing_library() {
+        let cudarc = "Unable to dynamically load the \"cuda\" shared library - searched for library names: [\"libcuda.so\"]. Ensure that `LD_LIBRARY_PATH` has the correct path";
+        assert_eq!(first_sentence(cudarc), "libcuda not found (no NVIDIA driver installed)");
+        assert!(first_sentence("Unable to dynamically load the \"nvrtc\" shared library - …").starts_with("libnvrtc not found"));
+        assert_eq!(first_sentence("CUDA_ERROR_NO_DEVICE. More words."), "CUDA_ERROR_NO_DEVICE");
+    }
 }
