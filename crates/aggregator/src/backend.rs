@@ -113,7 +113,7 @@ pub fn choose(asked: Backend, probe_exe: Option<&Path>) -> Result<Choice> {
         Backend::Cpu => Ok(Choice { device: Device::Cpu, why: "asked for".into() }),
         Backend::Cuda => match cuda() {
             Ok(found) => Ok(Choice { device: Device::Cuda, why: format!("asked for; {found}") }),
-            Err(e) => Err(AggregatorError::Backend(format!("--backend cuda: {e} (--backend auto falls back to the CPU)"))),
+            Err(e) => Err(AggregatorError::Backend(format!("--backend cuda: {e} (--backend auto takes another backend)"))),
         },
         Backend::Wgpu => match probe_wgpu() {
             Ok(a) => Ok(Choice { device: Device::Wgpu, why: format!("asked for; adapter {}", a.describe()) }),
@@ -153,10 +153,13 @@ impl Adapter {
     }
 }
 
-/// Asks wgpu for the high-performance adapter burn-wgpu would take.
+/// Asks wgpu for the high-performance adapter burn-wgpu would take: on the graphics API cubecl
+/// uses (Metal on macOS, Vulkan elsewhere), not any wgpu knows (a GL-only "GPU" would pass a
+/// wider probe and then panic inside cubecl).
 #[cfg(feature = "wgpu")]
 pub fn probe_wgpu() -> std::result::Result<Adapter, String> {
-    let instance = wgpu::Instance::default();
+    let api = if cfg!(target_os = "macos") { wgpu::Backends::METAL } else { wgpu::Backends::VULKAN };
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends: api, ..wgpu::InstanceDescriptor::new_without_display_handle() });
     let options = wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
     let adapter = pollster::block_on(instance.request_adapter(&options)).map_err(|e| format!("no adapter: {e}"))?;
     let info = adapter.get_info();
@@ -170,26 +173,17 @@ pub fn probe_wgpu() -> std::result::Result<Adapter, String> {
     Err("this build has no wgpu backend (cargo feature `wgpu`)".into())
 }
 
-/// Probes CUDA: in a child `probe_exe` when given, else on a thread of this process. Ok: one
-/// line naming the devices found; Err: why CUDA cannot run here.
+/// How long the CUDA probe may take (a GPU in an error state can hang `cuInit`).
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Probes CUDA: in a child `probe_exe` when given (killed after [`PROBE_TIMEOUT`]), else on the
+/// calling thread. Ok: one line naming the devices found; Err: why CUDA cannot run here.
 pub fn probe_cuda(probe_exe: Option<&Path>) -> std::result::Result<String, String> {
     if !cfg!(feature = "cuda") {
         return Err("this build has no CUDA backend (cargo feature `cuda`)".into());
     }
     let line = match probe_exe {
-        Some(exe) => {
-            let out = std::process::Command::new(exe)
-                .env(PROBE_ENV, "cuda")
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run the probe {}: {e}", exe.display()))?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            match text.lines().rev().find(|l| l.starts_with('{')) {
-                Some(l) => l.to_string(),
-                None => return Err(format!("the probe ended with {} and no answer", out.status)),
-            }
-        }
+        Some(exe) => answer_of(exe, PROBE_TIMEOUT)?,
         None => std::panic::catch_unwind(probe_answer).unwrap_or_else(|p| {
             let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied());
             answer(Err(first_sentence(msg.unwrap_or("the probe panicked"))))
@@ -200,6 +194,39 @@ pub fn probe_cuda(probe_exe: Option<&Path>) -> std::result::Result<String, Strin
         (Some(found), None) => Ok(found),
         (_, Some(e)) => Err(e),
         (None, None) => Err("empty probe answer".into()),
+    }
+}
+
+/// Runs the probe `exe` and returns the last JSON line it printed.
+fn answer_of(exe: &Path, timeout: std::time::Duration) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(exe)
+        .env(PROBE_ENV, "cuda")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run the probe {}: {e}", exe.display()))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the probe did not answer within {} s (a hung driver?)", timeout.as_secs()));
+            }
+            Err(e) => return Err(format!("waiting for the probe: {e}")),
+        }
+    };
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut text).map_err(|e| format!("reading the probe's answer: {e}"))?;
+    }
+    match text.lines().rev().find(|l| l.starts_with('{')) {
+        Some(l) => Ok(l.to_string()),
+        None => Err(format!("the probe ended with {status} and no answer")),
     }
 }
 
@@ -298,6 +325,36 @@ mod tests {
                 assert!(e.to_string().starts_with("backend: --backend cuda: "), "{e}");
                 assert_ne!(auto.device, Device::Cuda);
             }
+        }
+    }
+
+    /// A stand-in probe: a shell script printing `out` and exiting with `code`.
+    fn fake_probe(name: &str, body: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("hearth-fake-probe-{}-{name}", std::process::id()));
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write the script");
+        let _ = std::process::Command::new("chmod").arg("+x").arg(&p).status();
+        p
+    }
+
+    #[test]
+    fn the_child_probe_answer_is_read_strictly() {
+        let ok = fake_probe("ok", "echo 'a log line'; echo '{\"found\":\"2 CUDA devices\",\"error\":null}'");
+        assert_eq!(probe_cuda(Some(&ok)), if cfg!(feature = "cuda") { Ok("2 CUDA devices".into()) } else { Err("this build has no CUDA backend (cargo feature `cuda`)".into()) });
+        if !cfg!(feature = "cuda") {
+            return;
+        }
+        let no = fake_probe("no", "echo '{\"found\":null,\"error\":\"libcuda not found\"}'; exit 2");
+        assert_eq!(probe_cuda(Some(&no)), Err("libcuda not found".into()));
+        let garbage = fake_probe("garbage", "echo '{not json'");
+        assert!(probe_cuda(Some(&garbage)).is_err_and(|e| e.starts_with("unreadable probe answer")));
+        let silent = fake_probe("silent", "kill -SEGV $$");
+        assert!(probe_cuda(Some(&silent)).is_err_and(|e| e.contains("no answer")), "a crashed probe");
+        let hung = fake_probe("hung", "sleep 30");
+        assert!(answer_of(&hung, std::time::Duration::from_millis(300)).is_err_and(|e| e.contains("did not answer")));
+        let missing = std::path::Path::new("/nonexistent/hearth-aggregator");
+        assert!(probe_cuda(Some(missing)).is_err_and(|e| e.starts_with("cannot run the probe")));
+        for p in [ok, no, garbage, silent, hung] {
+            let _ = std::fs::remove_file(p);
         }
     }
 

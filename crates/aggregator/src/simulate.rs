@@ -111,6 +111,9 @@ pub enum DeviceOutcome {
     Dropped,
     /// The server did not ask it for a later stage (its neighbours dropped, or it was late).
     NotAsked,
+    /// Its message came after the stage closed (409 `wrong_stage` or 410 `round_closed`): to the
+    /// round, a dropout.
+    Late,
     /// Local training failed (it sends nothing, as a real device would not).
     Failed,
 }
@@ -293,7 +296,9 @@ impl Shared {
         Ok(m)
     }
 
-    async fn post(&self, round: i64, stage: u32, index: u32, body: Vec<u8>) -> Res<()> {
+    /// Sends a message; Ok(false) when it came after its stage closed (the device is then a
+    /// dropout, not a failure).
+    async fn post(&self, round: i64, stage: u32, index: u32, body: Vec<u8>) -> Res<bool> {
         let url = format!("/v1/rounds/{round}/messages");
         let res = self.send(&url, |url| self.http.post(url).header("content-type", "application/octet-stream").body(body.clone())).await?;
         match res.status() {
@@ -301,7 +306,17 @@ impl Shared {
                 if let Ok(mut a) = self.acked.lock() {
                     a.push(Acked { round, stage, index, sha256: crate::serve::models::sha256_hex(&body) });
                 }
-                Ok(())
+                Ok(true)
+            }
+            StatusCode::GONE => Ok(false),
+            StatusCode::CONFLICT => {
+                let text = res.text().await.unwrap_or_default();
+                let code = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+                if code.as_deref() == Some("wrong_stage") {
+                    Ok(false)
+                } else {
+                    Err(SimulateError::Server(format!("POST {url}: 409: {text}")))
+                }
             }
             s => Err(SimulateError::Server(format!("POST {url}: {s}: {}", res.text().await.unwrap_or_default()))),
         }
@@ -406,7 +421,9 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
     if drop_at == 0 {
         return Ok(Some(DeviceOutcome::Dropped));
     }
-    shared.post(round, 0, index, advert).await?;
+    if !shared.post(round, 0, index, advert).await? {
+        return Ok(Some(DeviceOutcome::Late));
+    }
     for stage in 1..=3u32 {
         tracing::debug!(device = device.id, round, stage, "asking");
         let Some(request) = shared.ask(round, index, stage).await? else { return Ok(Some(DeviceOutcome::NotAsked)) };
@@ -420,7 +437,11 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
             _ => client.unmask(&request),
         };
         match reply {
-            Ok(reply) => shared.post(round, stage, index, reply).await?,
+            Ok(reply) => {
+                if !shared.post(round, stage, index, reply).await? {
+                    return Ok(Some(DeviceOutcome::Late));
+                }
+            }
             Err(SecAggError::Abort(_)) => return Ok(Some(DeviceOutcome::NotAsked)),
             Err(e) => return Err(SimulateError::Device(format!("user {user}, stage {stage}: {e}"))),
         }
@@ -632,4 +653,23 @@ async fn wait_end(shared: &Shared, mut v: RoundView) -> Res<RoundView> {
         v = res.json().await?;
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_kind;
+
+    #[test]
+    fn requests_are_told_apart_by_path() {
+        for (path, kind) in [
+            ("/v1/devices", "enroll"),
+            ("/v1/models/3/global.bin", "model file"),
+            ("/v1/rounds/2/participants/17", "invitation"),
+            ("/v1/rounds/2/plan", "plan"),
+            ("/v1/rounds/2/messages", "message"),
+            ("/v1/rounds/2", "round status"),
+        ] {
+            assert_eq!(request_kind(path), kind, "{path}");
+        }
+    }
 }

@@ -72,8 +72,8 @@ async fn status_of(base: &str, number: i64) -> Option<String> {
     v["status"].as_str().map(str::to_owned)
 }
 
-/// Waits until `base` shows round `number` in a mid-round stage (the first seen: masked input,
-/// usually, the longest), then SIGKILLs `victim`; returns where it was.
+/// Waits until `base` shows round `number` in a mid-round stage (the first seen), then SIGKILLs
+/// `victim`; returns where it was. Fails at once if the round ended unseen.
 async fn kill_mid_round(base: &str, number: i64, victim: &mut std::process::Child) -> String {
     let t = Instant::now();
     loop {
@@ -86,6 +86,7 @@ async fn kill_mid_round(base: &str, number: i64, victim: &mut std::process::Chil
             victim.wait().unwrap();
             return format!("round {number}'s {}", v["stage"].as_str().unwrap_or_default());
         }
+        assert!(v["number"].as_i64().is_none_or(|n| n <= number), "round {number} ended before it was seen mid-way: {v}");
         assert!(t.elapsed() < Duration::from_secs(300), "round {number} was not seen mid-way: {v}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -118,15 +119,15 @@ async fn two_replicas_on_postgres_survive_either_killed_mid_round() {
     };
     let run = tokio::spawn(async move { simulate(&sim, population(), |_| {}).await });
     // Round 1: kill B, the replica taking every submission (not the owner): the devices move to A.
+    // B comes back at once (not the owner; the devices stay on A).
     let first = kill_mid_round(&base_a, 1, &mut b).await;
-    // B comes back (not the owner) once round 1 is done.
+    let mut b = spawn(&cfg_b, &root.join("b.log"));
+    healthy(&base_b).await;
     let t = Instant::now();
-    while matches!(status_of(&base_a, 1).await.as_deref(), None | Some("open")) {
+    while matches!(status_of(&base_b, 1).await.as_deref(), None | Some("open")) {
         assert!(t.elapsed() < Duration::from_secs(300), "round 1 never ended");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut b = spawn(&cfg_b, &root.join("b.log"));
-    healthy(&base_b).await;
     // Round 2: kill A, the owner, which now also takes the submissions: the devices move back to
     // B, which takes the ownership and rebuilds the round from the database.
     let second = kill_mid_round(&base_b, 2, &mut a).await;

@@ -47,20 +47,62 @@ fn population() -> Arc<Population> {
     Arc::new(Population::new(&ds, &split, &bundle.catalog.popularity))
 }
 
+/// The sum of a metric's samples in a Prometheus text page.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// The server's metrics now, as a lookup.
+async fn scrape(base: &str) -> impl Fn(&str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    move |name| sum_of(&text, name)
+}
+
 async fn get(url: &str) -> (u16, Value) {
     let res = reqwest::get(url).await.unwrap();
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// The servers these tests start share the process's metrics recorder: one at a time, and the
+/// rounds test counts from what it found.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quiet_stages_close_without_waiting_out_the_deadline() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // A quarter of 16 devices drop before their masked input or before unmasking; the deadline is
+    // a minute, the quiet time 400 ms: the round must end in seconds, with the dropouts out.
+    let round = RoundConfig { min_survivors: 6, max_rounds: Some(1), stage_timeout_ms: 60_000, stage_quiet_ms: Some(400), budget_epsilon: None, ..RoundConfig::default() };
+    let running = start(config("quiet", 16, round)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let sim = SimulateConfig { servers: vec![base.clone()], users: (0..16).collect(), dropout: 0.25, drop_from: 2, seed: 5, rounds: 1, parallel_training: 2, updates: None };
+    let t = std::time::Instant::now();
+    let report = simulate(&sim, population(), |_| {}).await.unwrap();
+    let r = &report.rounds[0];
+    assert!(report.dropouts >= 1, "the seed must drop someone for this test to mean anything: {report:?}");
+    assert_eq!(r.status, "done", "{r:?}");
+    // The plan's fewest survivors is max(min_survivors, half the round) = 8.
+    assert!((8..=16).contains(&r.survivors), "{r:?}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(30) && r.secs < 30.0, "the round waited out a deadline: {r:?}, {:?}", t.elapsed());
+    eprintln!("{} dropouts; round done in {:.1} s with {} of 16 in the sum (deadline 60 s a stage)", report.dropouts, r.secs, r.survivors);
+    // A quiet time that is not positive is refused at start.
+    let bad = RoundConfig { stage_quiet_ms: Some(0), ..RoundConfig::default() };
+    let err = start(config("quiet-bad", 16, bad)).await.err().expect("refused");
+    assert!(err.to_string().contains("stage_quiet_ms = 0"), "{err}");
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rounds_over_http_publish_versions_keep_the_ledger_and_are_observable() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // 16 devices, all invited, one in five dropping at a random stage, with noise: each round
     // either completes (a new version, a ledger entry) or aborts having unmasked nothing.
     let round = RoundConfig { min_survivors: 6, noise_multiplier: 0.8, max_rounds: Some(3), stage_timeout_ms: 4_000, budget_epsilon: None, ..RoundConfig::default() };
     let cfg = config("rounds", 16, round);
     let running = start(cfg).await.unwrap();
     let base = format!("http://{}", running.addr);
+    let done_before = scrape(&base).await("hearth_rounds_total{status=\"done\"}");
     let sim = SimulateConfig { servers: vec![base.clone()], users: (0..16).collect(), dropout: 0.2, drop_from: 0, seed: 3, rounds: 3, parallel_training: 2, updates: None };
     let report = simulate(&sim, population(), |_| {}).await.unwrap();
     assert_eq!(report.rounds.len(), 3);
@@ -97,13 +139,8 @@ async fn rounds_over_http_publish_versions_keep_the_ledger_and_are_observable() 
     }
     // Metrics, scraped.
     let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    let metric = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    assert_eq!(metric("hearth_rounds_total{status=\"done\"}"), done.len() as f64, "{text}");
+    let metric = |name: &str| sum_of(&text, name);
+    assert_eq!(metric("hearth_rounds_total{status=\"done\"}") - done_before, done.len() as f64, "{text}");
     assert!(metric("hearth_messages_total") >= 16.0);
     assert!(metric("hearth_devices_enrolled_total") >= 16.0);
     assert!((metric("hearth_epsilon_spent") - last).abs() < 1e-9, "{text}");
@@ -160,6 +197,7 @@ async fn enroll(http: &reqwest::Client, base: &str, seed: [u8; 32]) -> TestDevic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_bad_request_gets_its_status_and_code() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let round = RoundConfig { min_survivors: 2, max_rounds: Some(1), stage_timeout_ms: 2_500, ..RoundConfig::default() };
     let mut cfg = config("bad", 3, round);
     cfg.device_rate = 20.0;

@@ -193,6 +193,9 @@ pub fn evaluator_on(data: &Path, on: Device) -> Result<Evaluator, ServeError> {
 /// Starts the server: opens the store (migrating it), publishes the base model if the model
 /// store is empty, binds, and runs the routes and the round owner.
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
+    if let Some(q) = cfg.round.stage_quiet_ms.filter(|q| *q <= 0) {
+        return Err(ServeError::Config(format!("round.stage_quiet_ms = {q}: a quiet time is positive (leave it out to wait for every device)")));
+    }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServeError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
     let store: Arc<dyn store::Store> = Arc::from(store::connect(&cfg.database_url()).await?);
     let models = ModelStore::local(&cfg.model_store.clone().unwrap_or_else(|| cfg.data_dir.join("models")))?;

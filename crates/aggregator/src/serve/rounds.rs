@@ -62,10 +62,13 @@ pub struct RoundConfig {
     pub optimizer: ServerOptimizer,
     /// How long a stage waits for its messages (ms).
     pub stage_timeout_ms: i64,
-    /// Close a stage before its deadline once it holds `min_survivors` messages and none came
-    /// for this long (ms): devices that dropped then cost this, not the whole timeout. None:
-    /// wait for every device asked or the deadline. Which messages a quiet close takes depends on
-    /// timing, so runs that must repeat exactly leave it off.
+    /// Close a secure-aggregation stage after the first (share keys, masked input, unmask)
+    /// before its deadline once it holds the messages the round needs (the plan's minimum of
+    /// survivors) and its count has not moved for this long (ms) on the owner's clock: devices
+    /// that dropped then cost this, not the whole timeout. The first stage always waits for
+    /// every invited device or its deadline (devices train before they advertise keys). None:
+    /// every stage waits for every device asked or its deadline. Which messages a quiet close
+    /// takes depends on timing, so runs that must repeat exactly leave it off.
     pub stage_quiet_ms: Option<i64>,
     /// Pause between rounds (ms).
     pub pause_ms: u64,
@@ -158,6 +161,8 @@ pub struct Engine {
     current: Option<(u32, TensorFile)>,
     /// Bumped whenever a round changes phase or ends (wakes long polls).
     changed: tokio::sync::watch::Sender<u64>,
+    /// (round, stage, messages) last seen, and since when on this process's clock.
+    quiet: Option<((i64, i64, i64), i64)>,
 }
 
 fn fail(what: &str) -> impl FnOnce(String) -> ServeError + '_ {
@@ -168,11 +173,28 @@ impl Engine {
     /// An owner for `base` (its catalog and manifest; its version is published first when the
     /// store holds none).
     pub fn new(store: Arc<dyn Store>, models: ModelStore, cfg: RoundConfig, base: ModelBundle, evaluator: Option<Evaluator>, changed: tokio::sync::watch::Sender<u64>) -> Engine {
-        Engine { store, models, cfg, base, evaluator, live: None, current: None, changed }
+        Engine { store, models, cfg, base, evaluator, live: None, current: None, changed, quiet: None }
     }
 
     fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Messages the live round needs in each stage (its plan's fewest survivors; 0 if none).
+    fn needed(&self) -> i64 {
+        self.live.as_ref().map_or(0, |l| i64::from(l.server.params().min_survivors))
+    }
+
+    /// Since when (this process's clock) a stage has held `seen.2` messages: the first time it is
+    /// seen with that count. A new owner starts counting when it takes the round.
+    fn unchanged_since(&mut self, seen: (i64, i64, i64), now: i64) -> i64 {
+        match self.quiet {
+            Some((s, since)) if s == seen => since,
+            _ => {
+                self.quiet = Some((seen, now));
+                now
+            }
+        }
     }
 
     /// Publishes the base model when the store has no version yet.
@@ -381,8 +403,8 @@ impl Engine {
         let stage = r.phase / 2;
         if r.phase % 2 == 0 {
             let expected = if stage == 0 { r.participants.len() as i64 } else { self.store.count_requests(r.number, stage).await? };
-            let (got, last_ms) = self.store.stage_progress(r.number, stage).await?;
-            let quiet = self.cfg.stage_quiet_ms.is_some_and(|q| got >= i64::from(self.cfg.min_survivors) && last_ms.is_some_and(|t| now - t >= q));
+            let got = self.store.count_messages(r.number, stage).await?;
+            let quiet = stage > 0 && self.cfg.stage_quiet_ms.is_some_and(|q| got >= self.needed() && now - self.unchanged_since((r.number, stage, got), now) >= q);
             if got >= expected || quiet || now >= r.stage_deadline_ms {
                 // Stop accepting first: the messages consumed are then exactly those stored.
                 self.store.set_phase(r.number, r.phase + 1, r.stage_deadline_ms).await?;

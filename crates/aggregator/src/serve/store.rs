@@ -137,8 +137,8 @@ pub trait Store: Send + Sync {
     fn insert_message<'a>(&'a self, round: i64, stage: i64, idx: i64, body: &'a [u8], now_ms: i64) -> BoxFuture<'a, StoreResult<Inserted>>;
     /// A stage's messages in the order they were committed: (index, bytes).
     fn messages(&self, round: i64, stage: i64) -> BoxFuture<'_, StoreResult<Vec<(i64, Vec<u8>)>>>;
-    /// How many messages a stage holds, and when the last was committed (epoch ms).
-    fn stage_progress(&self, round: i64, stage: i64) -> BoxFuture<'_, StoreResult<(i64, Option<i64>)>>;
+    /// How many messages a stage holds.
+    fn count_messages(&self, round: i64, stage: i64) -> BoxFuture<'_, StoreResult<i64>>;
     /// Moves a round to `phase` with a new deadline.
     fn set_phase(&self, round: i64, phase: i64, deadline_ms: i64) -> BoxFuture<'_, StoreResult<()>>;
     /// Stores the requests of `stage` (idempotently) and moves the round to `phase`.
@@ -357,13 +357,9 @@ macro_rules! store_impl {
                 })
             }
 
-            fn stage_progress(&self, round: i64, stage: i64) -> BoxFuture<'_, StoreResult<(i64, Option<i64>)>> {
+            fn count_messages(&self, round: i64, stage: i64) -> BoxFuture<'_, StoreResult<i64>> {
                 Box::pin(async move {
-                    Ok(sqlx::query_as("SELECT COUNT(*), MAX(received_ms) FROM messages WHERE round_number = $1 AND stage = $2")
-                        .bind(round)
-                        .bind(stage)
-                        .fetch_one(&self.pool)
-                        .await?)
+                    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE round_number = $1 AND stage = $2").bind(round).bind(stage).fetch_one(&self.pool).await?)
                 })
             }
 
