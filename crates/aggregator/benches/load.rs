@@ -33,6 +33,10 @@ use hearth_aggregator::simulate::{Population, SimReport, SimulateConfig, UpdateC
 use hearth_aggregator::{load_dataset, make_split, read_model_dir};
 use hearth_core::fed::layout::Layout;
 
+// The server-as-a-child helpers the integration tests share (here: its memory from /proc).
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 struct Args {
@@ -116,13 +120,8 @@ impl Server {
 
     /// Peak resident memory so far (MB), from /proc.
     fn peak_mb(&self) -> Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .ok_or_else(|| anyhow!("no VmHWM"))?;
-        Ok(kb / 1024.0)
+        let (_, peak_kb) = common::memory_kb(self.child.id()).ok_or_else(|| anyhow!("no VmHWM for the server"))?;
+        Ok(peak_kb as f64 / 1024.0)
     }
 
     fn stop(mut self) {

@@ -182,13 +182,13 @@ pub fn probe_cuda(probe_exe: Option<&Path>) -> std::result::Result<String, Strin
     if !cfg!(feature = "cuda") {
         return Err("this build has no CUDA backend (cargo feature `cuda`)".into());
     }
-    let line = match probe_exe {
-        Some(exe) => answer_of(exe, PROBE_TIMEOUT)?,
-        None => std::panic::catch_unwind(probe_answer).unwrap_or_else(|p| {
+    let Some(exe) = probe_exe else {
+        return std::panic::catch_unwind(cuda_here).unwrap_or_else(|p| {
             let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied());
-            answer(Err(first_sentence(msg.unwrap_or("the probe panicked"))))
-        }),
+            Err(first_sentence(msg.unwrap_or("the probe panicked")))
+        });
     };
+    let line = answer_of(exe, PROBE_TIMEOUT)?;
     let v: ProbeAnswer = serde_json::from_str(&line).map_err(|e| format!("unreadable probe answer {line:?}: {e}"))?;
     match (v.found, v.error) {
         (Some(found), None) => Ok(found),
@@ -254,7 +254,7 @@ pub fn run_probe_and_exit() -> ! {
         println!("{}", answer(Err(first_sentence(msg))));
         std::process::exit(2);
     }));
-    println!("{}", probe_answer());
+    println!("{}", answer(cuda_here()));
     std::process::exit(0);
 }
 
@@ -270,11 +270,7 @@ fn first_sentence(msg: &str) -> String {
     msg.split(". ").next().unwrap_or(msg).to_string()
 }
 
-/// Runs the probe here (may panic inside cudarc or burn) and returns its JSON answer.
-fn probe_answer() -> String {
-    answer(cuda_here())
-}
-
+/// The probe itself (may panic inside cudarc or burn).
 #[cfg(feature = "cuda")]
 fn cuda_here() -> std::result::Result<String, String> {
     use burn::tensor::Tensor;

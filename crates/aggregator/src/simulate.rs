@@ -27,7 +27,7 @@ use rand_chacha::ChaCha20Rng;
 use reqwest::StatusCode;
 use serde::Serialize;
 
-use crate::serve::api::{Enrolled, Enrollment, Invitation, RoundView, enrollment_message};
+use crate::serve::api::{Enrolled, Enrollment, ErrorBody, Invitation, RoundView, enrollment_message};
 
 /// The people who may take part: each one's training history, ratings and tags.
 pub struct Population {
@@ -311,8 +311,7 @@ impl Shared {
             StatusCode::GONE => Ok(false),
             StatusCode::CONFLICT => {
                 let text = res.text().await.unwrap_or_default();
-                let code = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
-                if code.as_deref() == Some("wrong_stage") {
+                if serde_json::from_str::<ErrorBody>(&text).is_ok_and(|b| b.error.code == "wrong_stage") {
                     Ok(false)
                 } else {
                     Err(SimulateError::Server(format!("POST {url}: 409: {text}")))

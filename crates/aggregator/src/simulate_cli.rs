@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hearth_aggregator::serve::rounds::RoundConfig;
-use hearth_aggregator::serve::{ServeConfig, evaluator_on, start};
+use hearth_aggregator::serve::{ServeConfig, evaluator_on, start_with};
 use hearth_aggregator::simulate::{Population, Progress, SimRound, SimulateConfig, simulate};
 use hearth_aggregator::{load_dataset, make_split, read_model_dir};
 use hearth_core::fed::layout::Layout;
@@ -119,10 +119,11 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime, on: hearth_aggre
     let noise = round.noise_multiplier;
     // Scored as the server scores each published model: from history and profile, with no
     // personal vector (devices never receive the training users' ones).
+    let evaluate = evaluator_on(&a.data, on)?;
     let base = {
         let mut b = bundle.clone();
         b.personal = None;
-        evaluator_on(&a.data, on)?(&b).map_err(anyhow::Error::msg)?
+        evaluate(&b).map_err(anyhow::Error::msg)?
     };
     let multi = MultiProgress::new();
     if a.json {
@@ -143,7 +144,7 @@ pub(crate) fn run(a: SimulateArgs, rt: tokio::runtime::Runtime, on: hearth_aggre
                     round,
                     ..ServeConfig::default()
                 };
-                let r = start(cfg).await?;
+                let r = start_with(cfg, Some(evaluate.clone())).await?;
                 if !a.json {
                     eprintln!("aggregator on http://{} (data in {})", r.addr, data_dir.display());
                 }

@@ -193,13 +193,6 @@ pub fn evaluator_on(data: &Path, on: Device) -> Result<Evaluator, ServeError> {
 /// Starts the server: opens the store (migrating it), publishes the base model if the model
 /// store is empty, binds, and runs the routes and the round owner.
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
-    if let Some(q) = cfg.round.stage_quiet_ms.filter(|q| *q <= 0) {
-        return Err(ServeError::Config(format!("round.stage_quiet_ms = {q}: a quiet time is positive (leave it out to wait for every device)")));
-    }
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServeError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
-    let store: Arc<dyn store::Store> = Arc::from(store::connect(&cfg.database_url()).await?);
-    let models = ModelStore::local(&cfg.model_store.clone().unwrap_or_else(|| cfg.data_dir.join("models")))?;
-    let base = crate::read_model_dir(&cfg.model)?;
     let evaluator = match cfg.eval_data.as_deref() {
         Some(data) => {
             let choice = crate::backend::choose(cfg.backend, crate::backend::probe_exe().as_deref())?;
@@ -208,6 +201,19 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         }
         None => None,
     };
+    start_with(cfg, evaluator).await
+}
+
+/// [`start`] with the evaluator of new models given (None: none), for a caller that built one
+/// already; `cfg.eval_data` and `cfg.backend` are not read.
+pub async fn start_with(cfg: ServeConfig, evaluator: Option<Evaluator>) -> Result<Running, ServeError> {
+    if let Some(q) = cfg.round.stage_quiet_ms.filter(|q| *q <= 0) {
+        return Err(ServeError::Config(format!("round.stage_quiet_ms = {q}: a quiet time is positive (leave it out to wait for every device)")));
+    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServeError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    let store: Arc<dyn store::Store> = Arc::from(store::connect(&cfg.database_url()).await?);
+    let models = ModelStore::local(&cfg.model_store.clone().unwrap_or_else(|| cfg.data_dir.join("models")))?;
+    let base = crate::read_model_dir(&cfg.model)?;
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut engine = Engine::new(store.clone(), models.clone(), cfg.round.clone(), base.clone(), evaluator, changed.clone());
