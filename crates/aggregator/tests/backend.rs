@@ -4,19 +4,21 @@
 //! must fall back to the CPU and say why; with one, both must evaluate on CUDA with the CPU's
 //! metrics. wgpu runs everywhere CI runs (lavapipe) and must reproduce the CPU's metrics.
 
+mod common;
+
 use std::process::Command;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hearth-aggregator"))
 }
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-
 /// `eval --json` of the committed model on MovieLens on `backend`: (success, metrics, stderr).
 fn eval(backend: &str) -> (bool, Option<serde_json::Value>, String) {
     let out = bin()
-        .current_dir(ROOT)
-        .args(["eval", "--model", "models/ml100k", "--data", "../shared/data/movielens-100k", "--json", "--backend", backend])
+        .args(["eval", "--json", "--backend", backend, "--model"])
+        .arg(common::root().join("models/ml100k"))
+        .arg("--data")
+        .arg(common::ml100k())
         .output()
         .expect("run hearth-aggregator");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
