@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
-use hearth_core::artifact::{ModelManifest, TensorFile};
+use hearth_core::artifact::{ModelDims, ModelManifest, TensorFile};
 use hearth_core::data::{Dataset, Split};
-use hearth_core::fed::client::{DeviceCatalog, ModelSettings, PersonData, local_update};
+use hearth_core::fed::client::{DeviceCatalog, LocalUpdate, ModelSettings, PersonData, local_update};
 use hearth_core::fed::layout::Layout;
 use hearth_core::fed::plan::RoundPlan;
 use hearth_core::secagg::client::Client;
@@ -60,7 +60,7 @@ impl Population {
 }
 
 /// The signing seed of simulated device `slot` in a simulation seeded `seed` (the in-process
-/// simulation derives the same, with a user's index as its slot).
+/// simulation derives the same).
 pub fn device_signing_seed(seed: u64, slot: u32) -> [u8; 32] {
     let mut s = [7u8; 32];
     s[..4].copy_from_slice(&slot.to_le_bytes());
@@ -375,8 +375,7 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
     let model = shared.model(plan.model_version).await?;
     let r = round as u64;
     let (user, slot) = (device.user, device.slot);
-    let mut rng = ChaCha20Rng::seed_from_u64(shared.seed.wrapping_mul(31) ^ (u64::from(slot) << 32) ^ r ^ 0x5eed);
-    let drop_at: u32 = if rng.random::<f64>() < shared.dropout { rng.random_range(shared.drop_from.min(3)..4) } else { 4 };
+    let (drop_at, mut rng) = device_fate(shared.seed, slot, r, shared.dropout, shared.drop_from);
     // Local training and encoding, off the async threads.
     let key = (slot, round, model.sha256.clone());
     let cached = shared.updates.as_ref().and_then(|c| c.lock().ok()?.get(&key).cloned());
@@ -387,17 +386,9 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
         let (shared2, model2, plan2) = (shared.clone(), model.clone(), plan.clone());
         let seed = shared.seed;
         tokio::task::spawn_blocking(move || -> Result<Vec<u32>, String> {
-            let dims = &model2.manifest.dims;
-            let layout = Layout::new(dims, &plan2.groups);
             let person = &shared2.pop.people[user as usize];
-            // One thread per device, as in a browser's worker: multi-threaded kernels would split
-            // their float sums by how busy the pool is, and the update would vary run to run.
-            let u = single_threaded(|| {
-                local_update::<Autodiff<Flex>>(&model2.global, dims, &shared2.pop.catalog, &layout, person, &model2.settings, &plan2.local, u64::from(slot) << 20 | r, &Default::default())
-            })?
-            .map_err(|e| e.to_string())?;
-            let mut device_rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(31) ^ (u64::from(slot) << 32) ^ r);
-            plan2.ddg(layout.len()).and_then(|d| Ok(d.encode(&u.delta, plan2.rotation_seed, &mut device_rng)?)).map_err(|e| e.to_string())
+            let m = &model2;
+            device_update(&m.global, &m.manifest.dims, &m.settings, &shared2.pop.catalog, person, &plan2, seed, slot, r).map(|u| u.words)
         })
         .await
         .map_err(|e| SimulateError::Device(e.to_string()))?
@@ -446,6 +437,50 @@ async fn take_part(shared: Arc<Shared>, device: &Device, round: i64) -> Res<Opti
         }
     }
     Ok(Some(DeviceOutcome::Completed))
+}
+
+/// The stage at which simulated device `slot` drops out of round `round` in a simulation seeded
+/// `seed` (0: before it advertises keys, 1–3: instead of answering that stage, 4: never; a drop
+/// comes with probability `dropout`, at a stage from `drop_from` on), and the randomness its
+/// SecAgg+ client draws next. The in-process simulation derives the same.
+pub fn device_fate(seed: u64, slot: u32, round: u64, dropout: f64, drop_from: u32) -> (u32, ChaCha20Rng) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(31) ^ (u64::from(slot) << 32) ^ round ^ 0x5eed);
+    let drop_at = if rng.random::<f64>() < dropout { rng.random_range(drop_from.min(3)..4) } else { 4 };
+    (drop_at, rng)
+}
+
+/// What a simulated device computed for a round.
+#[derive(Debug, Clone)]
+pub struct DeviceUpdate {
+    /// Its local training's result (the update before clipping).
+    pub update: LocalUpdate,
+    /// The clipped, rotated, rounded and noised update it masks and sends.
+    pub words: Vec<u32>,
+    /// Milliseconds training, and encoding.
+    pub ms: (f64, f64),
+}
+
+/// Simulated device `slot`'s update for round `round` of `plan` in a simulation seeded `seed`:
+/// local training on one thread, seeded by its slot and the round, then clipping, rotation and
+/// distributed noise with its own seeded randomness. The devices of `simulate` and of the
+/// in-process simulation (`tests/src/fed_sim.rs`) both call this, so with the same seeds they send
+/// the same words.
+#[allow(clippy::too_many_arguments)]
+pub fn device_update(global: &TensorFile, dims: &ModelDims, settings: &ModelSettings, catalog: &DeviceCatalog, person: &PersonData, plan: &RoundPlan, seed: u64, slot: u32, round: u64) -> Result<DeviceUpdate, String> {
+    let layout = Layout::new(dims, &plan.groups);
+    let t = Instant::now();
+    // One thread per device, as in a browser's worker: multi-threaded kernels would split their
+    // float sums by how busy the pool is, and the update would vary run to run. (Training itself
+    // runs one device at a time: `local_update` holds `hearth_core::model::autodiff_lock`, for
+    // burn's autodiff loses gradients when graphs are recorded on several threads at once; the
+    // encoding runs in parallel.)
+    let update = single_threaded(|| local_update::<Autodiff<Flex>>(global, dims, catalog, &layout, person, settings, &plan.local, u64::from(slot) << 20 | round, &Default::default()))?
+        .map_err(|e| e.to_string())?;
+    let trained = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let mut device_rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(31) ^ (u64::from(slot) << 32) ^ round);
+    let words = plan.ddg(layout.len()).and_then(|d| Ok(d.encode(&update.delta, plan.rotation_seed, &mut device_rng)?)).map_err(|e| e.to_string())?;
+    Ok(DeviceUpdate { update, words, ms: (trained, t.elapsed().as_secs_f64() * 1e3) })
 }
 
 /// Runs `f` on a one-thread rayon pool (one per calling thread), so the CPU kernels it calls run

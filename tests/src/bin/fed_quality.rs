@@ -32,7 +32,7 @@ use hearth_core::fed::aggregate::ServerOptimizer;
 use hearth_core::fed::client::ModelSettings;
 use hearth_core::fed::layout::Layout;
 use hearth_core::fed::plan::{Group, LocalTraining};
-use hearth_tests::fed_sim::{Population, RoundLog, SimConfig, run};
+use hearth_tests::fed_sim::{Population, RoundLog, SimConfig, run, run_over_http};
 
 #[derive(Parser)]
 #[command(about = "Federated quality on MovieLens 100K (see BENCHMARKS.md)")]
@@ -259,76 +259,6 @@ fn rounds_scored(
     failed.map(|()| end)
 }
 
-/// `cfg`'s rounds through the aggregator server: one started in this process on 127.0.0.1
-/// (SQLite in a temporary directory, `v1` its first model) and one device task per `eligible`
-/// user speaking HTTP to it. Returns the last published global parameters and the ledger's ε.
-fn rounds_over_http(v1: &ModelBundle, pop: std::sync::Arc<Population>, eligible: &[u32], cfg: &SimConfig, name: &str) -> Result<(TensorFile, Option<f64>), String> {
-    use hearth_aggregator::serve::rounds::RoundConfig;
-    use hearth_aggregator::serve::{ServeConfig, models::ModelStore, start};
-    use hearth_aggregator::simulate::{Progress, SimulateConfig, simulate};
-    let dir = std::env::temp_dir().join(format!("hearth-fed-quality-{}-{}", std::process::id(), cfg.seed));
-    let _ = std::fs::remove_dir_all(&dir);
-    hearth_aggregator::write_model_dir(&dir.join("v1"), v1).map_err(ctx("writing v1"))?;
-    let round = RoundConfig {
-        devices_per_round: cfg.devices,
-        min_devices: eligible.len() as u32,
-        min_survivors: cfg.min_survivors,
-        groups: cfg.groups.clone(),
-        clip: cfg.clip,
-        noise_multiplier: cfg.noise_multiplier,
-        budget_epsilon: None,
-        max_rounds: Some(cfg.rounds),
-        local: cfg.local.clone(),
-        optimizer: cfg.server.clone(),
-        stage_timeout_ms: 120_000,
-        // Dropped devices cost a quiet second, not the timeout.
-        stage_quiet_ms: (cfg.dropout > 0.0).then_some(1_000),
-        seed: Some(cfg.seed),
-        ..RoundConfig::default()
-    };
-    let serve = ServeConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        data_dir: dir.clone(),
-        model: dir.join("v1"),
-        backend: hearth_aggregator::Backend::Cpu,
-        round,
-        ..ServeConfig::default()
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(ctx("a runtime"))?;
-    let out = rt.block_on(async {
-        let server = start(serve).await.map_err(ctx("starting the aggregator"))?;
-        let sim = SimulateConfig {
-            servers: vec![format!("http://{}", server.addr)],
-            users: eligible.to_vec(),
-            dropout: cfg.dropout,
-            drop_from: 0,
-            seed: cfg.seed,
-            rounds: cfg.rounds,
-            parallel_training: std::thread::available_parallelism().map_or(2, |p| p.get()),
-            updates: None,
-        };
-        let report = simulate(&sim, pop, |p| {
-            if let Progress::Round(r) = p {
-                eprintln!("{name} round {} over HTTP: {} {}, {} of {} devices, ε {:?}, {:.1} s", r.round, r.status, r.published.map_or(String::new(), |v| format!("v{v}")), r.survivors, r.invited, r.epsilon, r.secs);
-            }
-        })
-        .await
-        .map_err(ctx("the devices"))?;
-        let models = ModelStore::local(&dir.join("models")).map_err(ctx("the model store"))?;
-        let latest = models.latest().await.map_err(ctx("the model store"))?.ok_or("nothing published")?;
-        let global = models.file(latest, "global.bin").await.map_err(ctx("the model store"))?.ok_or("no global.bin")?;
-        server.shutdown().await;
-        let done = report.rounds.iter().filter(|r| r.status == "done").count();
-        if done as u32 != cfg.rounds {
-            return Err(format!("{done} of {} rounds done: {:?}", cfg.rounds, report.rounds));
-        }
-        let global = TensorFile::decode(&global).map_err(ctx("the published global.bin"))?;
-        Ok((global, report.rounds.last().and_then(|r| r.epsilon)))
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    out
-}
-
 fn main() -> ExitCode {
     match main_() {
         Ok(()) => ExitCode::SUCCESS,
@@ -405,7 +335,7 @@ fn main_() -> Result<(), String> {
             let last = |name: String, noise: f64, seed: u64| -> Result<[f64; 3], String> {
                 let mut final_eps = None;
                 let g = if http {
-                    let (g, e) = rounds_over_http(&v1, pop_http.clone(), &odd, &opts.sim(rounds, devices, noise, min_survivors, seed), &name)?;
+                    let (g, e) = run_over_http(&v1, pop_http.clone(), &odd, &opts.sim(rounds, devices, noise, min_survivors, seed), &name)?;
                     final_eps = e;
                     g
                 } else { rounds_scored(

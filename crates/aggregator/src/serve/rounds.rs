@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hearth_core::artifact::TensorFile;
+use hearth_core::artifact::{ModelDims, TensorFile};
 use hearth_core::artifact::bundle::ModelBundle;
 use hearth_core::fed::aggregate::{ServerOptimizer, ServerState, aggregate};
 use hearth_core::fed::layout::Layout;
@@ -128,6 +128,45 @@ pub struct RoundSummary {
     pub eval: Option<[f64; 3]>,
     /// Seconds from opening to the end.
     pub secs: f64,
+}
+
+/// The plan of round `number` over the enrolled `devices` (in enrollment order), and its
+/// participants: Poisson sampling at `devices_per_round / enrolled`, then the round's public seeds,
+/// all drawn from `cfg.seed` and the round's number when the operator set a seed (else from the
+/// system's CSPRNG). What the round owner opens; public so that the in-process simulation
+/// (`tests/src/fed_sim.rs`) plans its rounds exactly as the server does.
+pub fn plan_round(cfg: &RoundConfig, dims: &ModelDims, number: i64, version: u32, devices: &[i64], now_ms: i64) -> Result<(RoundPlan, Vec<i64>), ServeError> {
+    let mut rng = match cfg.seed {
+        Some(s) => ChaCha20Rng::seed_from_u64(s ^ (number as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        None => {
+            let mut seed = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).map_err(|_| ServeError::Round("no system randomness".into()))?;
+            ChaCha20Rng::from_seed(seed)
+        }
+    };
+    let q = (f64::from(cfg.devices_per_round) / devices.len() as f64).min(1.0);
+    let participants: Vec<i64> = devices.iter().copied().filter(|_| rng.random::<f64>() < q).collect();
+    let n = (participants.len() as u32).max(1);
+    let layout = Layout::new(dims, &cfg.groups);
+    let min_survivors = cfg.min_survivors.clamp(1, n);
+    let noise = DdgConfig { clip: cfg.clip, noise_multiplier: cfg.noise_multiplier, min_survivors, max_clients: n, ..DdgConfig::default() };
+    let padded = DdgPlan::new(layout.len(), &noise).map_err(|e| ServeError::Round(e.to_string()))?.padded;
+    let mut round_id = [0u8; 16];
+    rng.fill(&mut round_id);
+    let plan = RoundPlan {
+        model_version: version,
+        groups: cfg.groups.clone(),
+        local: LocalTraining { seed: cfg.local.seed ^ number as u64, ..cfg.local.clone() },
+        noise,
+        sampling_rate: q,
+        delta: cfg.delta,
+        secagg: Params::for_clients(round_id, n, padded as u32, min_survivors),
+        rotation_seed: rng.random(),
+        graph_seed: rng.random(),
+        deadline_ms: now_ms + STAGES * cfg.stage_timeout_ms,
+    };
+    plan.check(layout.len()).map_err(|e| ServeError::Round(e.to_string()))?;
+    Ok((plan, participants))
 }
 
 /// Scores a published model on the operator's held-out data (sampled HR@10, full HR@10, full
@@ -262,7 +301,7 @@ impl Engine {
             return Ok(None);
         }
         let version = self.models.latest().await?.ok_or_else(|| ServeError::Round("no model published".into()))?;
-        let (plan, participants) = self.plan(number, version, &devices)?;
+        let (plan, participants) = plan_round(&self.cfg, &self.base.manifest.dims, number, version, &devices, now_ms())?;
         let n = participants.len() as u32;
         let ledger = self.store.ledger().await?;
         if let Some(budget) = self.cfg.budget_epsilon
@@ -310,41 +349,6 @@ impl Engine {
         metrics::gauge!("hearth_round").set(number as f64);
         tracing::info!(round = number, invited = n, model_version = version, "round opened");
         Ok(None)
-    }
-
-    /// The plan of round `number` over the enrolled `devices`, and its participants.
-    fn plan(&self, number: i64, version: u32, devices: &[i64]) -> Result<(RoundPlan, Vec<i64>), ServeError> {
-        let mut rng = match self.cfg.seed {
-            Some(s) => ChaCha20Rng::seed_from_u64(s ^ (number as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            None => {
-                let mut seed = [0u8; 32];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).map_err(|_| ServeError::Round("no system randomness".into()))?;
-                ChaCha20Rng::from_seed(seed)
-            }
-        };
-        let q = (f64::from(self.cfg.devices_per_round) / devices.len() as f64).min(1.0);
-        let participants: Vec<i64> = devices.iter().copied().filter(|_| rng.random::<f64>() < q).collect();
-        let n = (participants.len() as u32).max(1);
-        let layout = Layout::new(&self.base.manifest.dims, &self.cfg.groups);
-        let min_survivors = self.cfg.min_survivors.clamp(1, n);
-        let noise = DdgConfig { clip: self.cfg.clip, noise_multiplier: self.cfg.noise_multiplier, min_survivors, max_clients: n, ..DdgConfig::default() };
-        let padded = DdgPlan::new(layout.len(), &noise).map_err(|e| ServeError::Round(e.to_string()))?.padded;
-        let mut round_id = [0u8; 16];
-        rng.fill(&mut round_id);
-        let plan = RoundPlan {
-            model_version: version,
-            groups: self.cfg.groups.clone(),
-            local: LocalTraining { seed: self.cfg.local.seed ^ number as u64, ..self.cfg.local.clone() },
-            noise,
-            sampling_rate: q,
-            delta: self.cfg.delta,
-            secagg: Params::for_clients(round_id, n, padded as u32, min_survivors),
-            rotation_seed: rng.random(),
-            graph_seed: rng.random(),
-            deadline_ms: now_ms() + STAGES * self.cfg.stage_timeout_ms,
-        };
-        plan.check(layout.len()).map_err(|e| ServeError::Round(e.to_string()))?;
-        Ok((plan, participants))
     }
 
     /// The open round's state machine, rebuilt from the store when this process has none.

@@ -323,13 +323,15 @@ pub fn reconstruct<B: AutodiffBackend>(
     seed: u64,
     device: &B::Device,
 ) -> Result<Vec<f32>, FedError> {
+    let _autodiff = crate::model::autodiff_lock();
     let mut l = Local::<B>::new(global, dims, catalog, person, settings, local, seed, device)?;
     let p = l.reconstruct(settings, local, device);
     p.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| FedError::Training(format!("{e:?}")))
 }
 
 /// Trains the federated groups of `global` on one person's history (Federated Reconstruction),
-/// returning the difference of the federated values. Deterministic for a seed.
+/// returning the difference of the federated values. Deterministic for a seed, on any number of
+/// threads (it holds [`crate::model::autodiff_lock`]).
 #[allow(clippy::too_many_arguments)]
 pub fn local_update<B: AutodiffBackend>(
     global: &TensorFile,
@@ -343,6 +345,7 @@ pub fn local_update<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<LocalUpdate, FedError> {
     let before = layout.flatten(global)?;
+    let _autodiff = crate::model::autodiff_lock();
     let mut l = Local::<B>::new(global, dims, catalog, person, settings, local, seed, device)?;
     l.reconstruct(settings, local, device);
     // The global steps' penalty: the plan's, where it sets one.
@@ -474,6 +477,42 @@ mod tests {
         let b = update(&LocalTraining { user_l2: Some(0.0), ..local.clone() });
         assert_ne!(a.delta, b.delta, "the plan's penalty replaces the model's");
         assert_eq!(update(&LocalTraining { user_l2: Some(1.0), ..local.clone() }), a, "the model's value, given again, changes nothing");
+    }
+
+    /// burn 0.21 loses a gradient now and then when two threads record graphs at once
+    /// (tracel-ai/burn#5573): updates trained on several threads must be the bits of the same
+    /// updates trained one at a time.
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn updates_trained_on_many_threads_are_the_ones_trained_alone() {
+        type B = burn::backend::Autodiff<burn::backend::Flex>;
+        let dims = ModelDims { items: 400, item_tags: 6, user_tags: 3, users: 1, dim: 16, hidden: 32, history: 20 };
+        let device = Default::default();
+        let global = GlobalParams::<burn::backend::Flex>::init(&dims, &mut ChaCha8Rng::seed_from_u64(3), &device).to_file();
+        let layout = Layout::new(&dims, &[crate::fed::plan::Group::Tower]);
+        let catalog = DeviceCatalog { items: (0..400).map(|i| vec![i % 6, (i / 7) % 6]).collect(), item_tags: 6, popularity: (0..400).map(|i| 400 - i).collect() };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let people: Vec<PersonData> = (0..8)
+            .map(|_| {
+                let n = rng.random_range(10..40);
+                PersonData { history: (0..n).map(|_| rng.random_range(0..400)).collect(), ratings: vec![3.0; n], times: (0..n as i64).collect(), tags: vec![rng.random_range(0..3)] }
+            })
+            .collect();
+        let settings = ModelSettings { link: Link::Softplus, rating_weight: 1.0, user_l2: 0.1, candidate_mix: (1.0, 2.0) };
+        let local = LocalTraining { reconstruction_steps: 3, epochs: 2, batch: 4, lr: 0.05, negatives: 32, ..LocalTraining::default() };
+        let people = &people;
+        let update = &|k: usize| local_update::<B>(&global, &dims, &catalog, &layout, &people[k], &settings, &local, k as u64, &device).unwrap().delta;
+        let alone: Vec<Vec<f32>> = (0..people.len()).map(update).collect();
+        for _ in 0..4 {
+            std::thread::scope(|s| {
+                let threads: Vec<_> = (0..4).map(|t| s.spawn(move || (0..people.len()).map(|k| ((k + t) % people.len(), update((k + t) % people.len()))).collect::<Vec<_>>())).collect();
+                for t in threads {
+                    for (k, delta) in t.join().unwrap() {
+                        assert!(delta.iter().zip(&alone[k]).all(|(a, b)| a.to_bits() == b.to_bits()), "person {k}'s update differs when others train at once");
+                    }
+                }
+            });
+        }
     }
 
 }

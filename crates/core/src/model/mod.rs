@@ -591,6 +591,26 @@ pub struct Validation<'a, B: Backend> {
     pub floor: f64,
 }
 
+/// Runs the autodiff computations of this process one at a time: hold the guard while a graph
+/// is recorded and differentiated.
+///
+/// burn 0.21's autodiff keeps every graph in one process-wide server, and a `backward()` on one
+/// thread can reclaim steps that another thread is still recording, so a parameter of that other
+/// graph silently gets no gradient (tracel-ai/burn#5573, fixed in burn 0.22 by #5647, which
+/// `../shared/MACHINE.md` rules out for its build). Measured: with two devices training at once,
+/// `hearth-aggregator simulate` lost a gradient in about one update of 60, so runs with the same
+/// seeds published different models. Every function of this crate that records a graph ([`train`],
+/// the steps of [`tune::fine_tune`], [`crate::fed::client::local_update`] and
+/// [`crate::fed::client::reconstruct`]) holds this lock while it does, so callers may run them on
+/// many threads and get the bits they would get one at a time; other code that calls
+/// `backward()` should hold it too. Not reentrant. A browser trains in one worker and never waits
+/// on it.
+pub fn autodiff_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A panic while training leaves nothing behind that the next graph reads.
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Trains a two-tower model on `examples` (see [`Examples`] for what predicts what).
 ///
 /// With `validate`, the model is scored after every epoch and, once the best score is above
@@ -610,6 +630,7 @@ pub fn train<B: AutodiffBackend>(
             return Err(TrainError::InvalidConfig(format!("{name} must be at least 1")));
         }
     }
+    let _autodiff = autodiff_lock();
     let histories = &examples.histories;
     if histories.len() != ds.users.len() {
         return Err(TrainError::InvalidConfig(format!(

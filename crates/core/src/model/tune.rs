@@ -121,6 +121,8 @@ pub async fn fine_tune<B: AutodiffBackend>(
     }
     let targets = Tensor::<B, 2>::from_data(TensorData::new(target, [p, 1 + m]), device);
     let mut losses = Vec::with_capacity(cfg.steps);
+    // Held while the graphs are recorded, not across the reads below (see `autodiff_lock`).
+    let autodiff = crate::model::autodiff_lock();
     for _ in 0..cfg.steps {
         let u = model.u.val();
         let sp = positives_t.clone().mul(u.clone().expand([p, d])).sum_dim(1); // [p, 1]
@@ -133,6 +135,7 @@ pub async fn fine_tune<B: AutodiffBackend>(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(cfg.lr, model, grads);
     }
+    drop(autodiff);
     let losses: Vec<f32> = read(Tensor::cat(losses, 0)).await?;
     if let Some(bad) = losses.iter().find(|l| !l.is_finite()) {
         return Err(TuneError::Diverged(*bad));
