@@ -92,9 +92,9 @@ pub struct SimulateConfig {
     /// Devices training at once (local training is CPU-bound).
     pub parallel_training: usize,
     /// Updates computed by an earlier run, reused when a device trains the same model version
-    /// in the same round (and filled otherwise). burn's CPU autodiff does not give the same
-    /// last bits twice, so two runs that should publish the same model can compare only when
-    /// their devices send the same words: the crash test uses this to test the server alone.
+    /// in the same round (and filled otherwise): the load benchmark replays a warm-up round's
+    /// updates so that what it times is the protocol, not local training. (Training is
+    /// deterministic, so a replayed update is the one the device would compute.)
     pub updates: Option<Arc<UpdateCache>>,
 }
 

@@ -75,6 +75,10 @@ enum Mode {
         /// Run the rounds through the aggregator server over HTTP.
         #[arg(long)]
         http: bool,
+        /// With --http: also run them in process, and fail unless both publish the same
+        /// parameters, bit for bit.
+        #[arg(long, requires = "http")]
+        compare: bool,
         #[command(flatten)]
         opts: Opts,
     },
@@ -309,7 +313,7 @@ fn main_() -> Result<(), String> {
                 scored(rounds, &end)?;
             }
         }
-        Mode::Half { rounds, devices, eps, eval_every, http, opts } => {
+        Mode::Half { rounds, devices, eps, eval_every, http, compare, opts } => {
             if http && (opts.uniform_negatives || opts.decay_every > 0 || eval_every > 0 || opts.reconstruct) {
                 return Err("--http runs what the server runs: no --uniform-negatives, --decay-every, --eval-every or --reconstruct".into());
             }
@@ -333,34 +337,50 @@ fn main_() -> Result<(), String> {
             let min_survivors = (f64::from(devices) * 0.9) as u32;
             let pop_http = std::sync::Arc::new(Population::new(&ds, &split, &v1.catalog.popularity));
             let last = |name: String, noise: f64, seed: u64| -> Result<[f64; 3], String> {
+                let cfg = opts.sim(rounds, devices, noise, min_survivors, seed);
+                let in_process = |final_eps: &mut Option<f64>| {
+                    rounds_scored(
+                        &pop,
+                        &odd,
+                        &v1.global,
+                        &dims,
+                        &settings,
+                        &cfg,
+                        eval_every,
+                        |l| {
+                            *final_eps = l.epsilon;
+                            eprintln!(
+                                "{name} round {}: {} devices, ε {:?}, local loss {:.3} -> {:.3}, device update norm p50 {:.4}, mean update norm {:.4}, {:.1} s",
+                                l.round, l.survivors, l.epsilon, l.local_loss.0, l.local_loss.1, l.device_norm_p50, l.update_norm, l.secs
+                            );
+                        },
+                        |round, g| {
+                            let s = scorer.score(g, &on_odd)?;
+                            eprintln!("{name} after round {round}: {:.4} / {:.4} / {:.4}", s[0], s[1], s[2]);
+                            Ok(())
+                        },
+                    )
+                };
                 let mut final_eps = None;
+                let mut same = String::new();
                 let g = if http {
-                    let (g, e) = run_over_http(&v1, pop_http.clone(), &odd, &opts.sim(rounds, devices, noise, min_survivors, seed), &name)?;
+                    let (g, e) = run_over_http(&v1, pop_http.clone(), &odd, &cfg, &name)?;
                     final_eps = e;
+                    if compare {
+                        let mut here_eps = None;
+                        let here = in_process(&mut here_eps)?;
+                        let differ = here.tensors.iter().map(|(n, t)| t.values.iter().zip(&g.tensors[n].values).filter(|(a, b)| a.to_bits() != b.to_bits()).count()).sum::<usize>();
+                        if differ > 0 || here.encode() != g.encode() {
+                            return Err(format!("{name}: over HTTP and in process, {differ} parameters differ"));
+                        }
+                        same = format!("; in process: the same bits, ε {}", here_eps.map_or("∞".into(), |e| format!("{e:.2}")));
+                    }
                     g
-                } else { rounds_scored(
-                    &pop,
-                    &odd,
-                    &v1.global,
-                    &dims,
-                    &settings,
-                    &opts.sim(rounds, devices, noise, min_survivors, seed),
-                    eval_every,
-                    |l| {
-                        final_eps = l.epsilon;
-                        eprintln!(
-                            "{name} round {}: {} devices, ε {:?}, local loss {:.3} -> {:.3}, device update norm p50 {:.4}, mean update norm {:.4}, {:.1} s",
-                            l.round, l.survivors, l.epsilon, l.local_loss.0, l.local_loss.1, l.device_norm_p50, l.update_norm, l.secs
-                        );
-                    },
-                    |round, g| {
-                        let s = scorer.score(g, &on_odd)?;
-                        eprintln!("{name} after round {round}: {:.4} / {:.4} / {:.4}", s[0], s[1], s[2]);
-                        Ok(())
-                    },
-                )? };
+                } else {
+                    in_process(&mut final_eps)?
+                };
                 let s = scorer.score(&g, &on_odd)?;
-                row(&name, s, Some(base), &format!("{rounds} × ~{devices} devices, ε {}, z {noise:.2}", final_eps.map_or("∞ (no DP)".into(), |e| format!("{e:.2}"))));
+                row(&name, s, Some(base), &format!("{rounds} × ~{devices} devices, ε {}, z {noise:.2}{same}", final_eps.map_or("∞ (no DP)".into(), |e| format!("{e:.2}"))));
                 Ok(s)
             };
             let open = last("+ federated, no DP".into(), 0.0, 1)?;
