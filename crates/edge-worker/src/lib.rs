@@ -1,6 +1,13 @@
 //! hearth-edge: hearth's CDN edge worker (workers-rs), a thin layer that routes requests to
-//! hearth-core. For now it answers `GET /health`; model and catalog shards, cached non-personal
-//! results, the sync relay and update intake come with later work.
+//! hearth-core. It answers `GET /health`, serves model versions (`GET|HEAD
+//! /v1/models/{version}/{file}`: immutable, content-addressed files from R2 behind the Cache API,
+//! with entity tags, 304 and byte ranges; `GET /v1/models/latest` from KV) and takes publications
+//! from the aggregator's model store (`PUT /v1/admin/…` with a bearer token: files, then the
+//! version's index, then `latest`). Non-personal lists, the sync relay and update intake come
+//! with later work.
+//!
+//! `http` and `models` hold the rules (native, tested here); `worker_glue` binds them to the
+//! Workers runtime.
 //!
 //! Build: `cargo build -p hearth-edge --target wasm32-unknown-unknown`, then `wasm-bindgen
 //! --target web`; `crates/edge-worker/entry.mjs` instantiates the module for workerd. The test
@@ -13,6 +20,9 @@
 //! ```
 
 use serde::Serialize;
+
+pub mod http;
+pub mod models;
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -38,14 +48,4 @@ pub fn health() -> Health {
 }
 
 #[cfg(target_family = "wasm")]
-mod worker_glue {
-    use worker::{Context, Env, Request, Response, Result, Router, event};
-
-    #[event(fetch)]
-    async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-        Router::new()
-            .get("/health", |_, _| Response::from_json(&super::health()))
-            .run(req, env)
-            .await
-    }
-}
+mod worker_glue;

@@ -1,26 +1,15 @@
 // The edge worker in the real Workers runtime (workerd, through Miniflare).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import path from "node:path";
 import { readFileSync } from "node:fs";
-import { Miniflare } from "miniflare";
+import { startWorker } from "./worker.mjs";
 
 const root = new URL("../../../", import.meta.url);
 // The workspace's version (every crate inherits it) and the architecture of the model it serves.
 const VERSION = readFileSync(new URL("Cargo.toml", root), "utf8").match(/\[workspace\.package\][^[]*?\nversion = "([^"]+)"/)[1];
 const ARCHITECTURE = JSON.parse(readFileSync(new URL("models/ml100k/manifest.json", root), "utf8")).architecture;
 
-const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME, ".cache/hearth/target");
-const mf = new Miniflare({
-  modules: true,
-  scriptPath: path.join(target, "edge/entry.mjs"),
-  modulesRoot: path.join(target, "edge"),
-  modulesRules: [
-    { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
-    { type: "CompiledWasm", include: ["**/*.wasm"] },
-  ],
-  compatibilityDate: "2025-09-01",
-});
+const mf = startWorker();
 after(() => mf.dispose());
 
 test("GET /health answers ok with this build's version and the served model's architecture", async () => {

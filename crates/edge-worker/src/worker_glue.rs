@@ -1,0 +1,216 @@
+//! The worker's routes on the Workers runtime (workers-rs): R2 `MODELS` for files and version
+//! indexes, KV `MODELS_KV` for `latest`, the Cache API in front of file bodies, and the
+//! `PUBLISH_TOKEN` secret for publishing. The rules they apply live in `http` and `models`.
+
+use worker::{Cache, Context, Env, Headers, Range, Request, Response, Result, RouteContext, Router, event};
+
+use crate::http::{EdgeError, RangeAnswer, bearer_matches, etag, if_range_holds, none_match, parse_range, resolve_range};
+use crate::models::{
+    IMMUTABLE, LATEST_CACHE, MAX_FILE_BYTES, MAX_INDEX_BYTES, MoveLatest, VersionIndex, check_file_name, content_type, file_key, index_key,
+    parse_sha256, parse_version,
+};
+
+/// R2 bucket of files and version indexes.
+const BUCKET: &str = "MODELS";
+/// KV namespace holding `latest`.
+const KV: &str = "MODELS_KV";
+/// Secret whose bearer token may publish.
+const TOKEN: &str = "PUBLISH_TOKEN";
+/// Cache API keys live under this origin (never fetched: the Cache API only needs a URL).
+const CACHE_ORIGIN: &str = "https://hearth-edge.cache";
+
+type Answer = std::result::Result<Response, EdgeError>;
+
+fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> EdgeError {
+    move |e| EdgeError::internal(format!("{what}: {e}"))
+}
+
+/// An answer as a response: refusals as the aggregator's JSON errors.
+fn respond(answer: Answer) -> Result<Response> {
+    match answer {
+        Ok(r) => Ok(r),
+        Err(e) => Ok(Response::from_json(&e.body())?.with_status(e.status)),
+    }
+}
+
+fn json_response<T: serde::Serialize>(value: &T, status: u16) -> Answer {
+    Ok(Response::from_json(value).map_err(internal("json"))?.with_status(status))
+}
+
+fn set(headers: &Headers, name: &str, value: &str) -> std::result::Result<(), EdgeError> {
+    headers.set(name, value).map_err(internal("a header"))
+}
+
+fn param<'a>(ctx: &'a RouteContext<()>, name: &str) -> std::result::Result<&'a str, EdgeError> {
+    ctx.param(name).map(String::as_str).ok_or_else(|| EdgeError::malformed(format!("no {name} in the path")))
+}
+
+/// A request body of at most `limit` bytes (413 `too_large` beyond, by its length header first).
+async fn body(req: &mut Request, limit: usize) -> std::result::Result<Vec<u8>, EdgeError> {
+    let too_large = |n: usize| EdgeError::new(413, "too_large", format!("a body of {n} bytes (at most {limit})"));
+    if let Some(n) = req.headers().get("content-length").map_err(internal("a header"))?.and_then(|v| v.parse::<usize>().ok())
+        && n > limit
+    {
+        return Err(too_large(n));
+    }
+    let bytes = req.bytes().await.map_err(|e| EdgeError::malformed(format!("the body: {e}")))?;
+    if bytes.len() > limit {
+        return Err(too_large(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// A version's index: from the Cache API, else R2 (and then cached: indexes never change once
+/// written). None: not published.
+async fn read_index(env: &Env, version: u32) -> std::result::Result<Option<VersionIndex>, EdgeError> {
+    let cache = Cache::default();
+    let key = format!("{CACHE_ORIGIN}/{}", index_key(version));
+    if let Some(mut hit) = cache.get(key.as_str(), false).await.map_err(internal("the cache"))? {
+        let bytes = hit.bytes().await.map_err(internal("the cache"))?;
+        return serde_json::from_slice(&bytes).map(Some).map_err(internal("a cached index"));
+    }
+    let bucket = env.bucket(BUCKET).map_err(internal("the R2 binding"))?;
+    let Some(object) = bucket.get(index_key(version)).execute().await.map_err(internal("R2"))? else { return Ok(None) };
+    let bytes = object.body().ok_or_else(|| EdgeError::internal("an index without a body"))?.bytes().await.map_err(internal("R2"))?;
+    let index = VersionIndex::decode(&bytes, version).map_err(|e| EdgeError::internal(format!("stored index {version}: {e}")))?;
+    let copy = Response::from_bytes(bytes).map_err(internal("a response"))?;
+    set(copy.headers(), "cache-control", IMMUTABLE)?;
+    cache.put(key.as_str(), copy).await.map_err(internal("the cache"))?;
+    Ok(Some(index))
+}
+
+/// `GET /v1/models/latest`: the index `latest` names.
+async fn latest(env: &Env) -> Answer {
+    let kv = env.kv(KV).map_err(internal("the KV binding"))?;
+    let json = kv.get("latest").cache_ttl(60).text().await.map_err(internal("KV"))?;
+    let json = json.ok_or_else(|| EdgeError::new(404, "no_version", "nothing is published"))?;
+    let r = Response::from_bytes(json.into_bytes()).map_err(internal("a response"))?;
+    set(r.headers(), "content-type", "application/json")?;
+    set(r.headers(), "cache-control", LATEST_CACHE)?;
+    Ok(r)
+}
+
+/// `GET|HEAD /v1/models/:version/:file`: a versioned file, with its SHA-256 as entity tag,
+/// conditional (304) and range (206, 416) answers, the whole body through the Cache API.
+async fn model_file(req: &Request, ctx: &RouteContext<()>) -> Answer {
+    let version = parse_version(param(ctx, "version")?)?;
+    let name = param(ctx, "file")?;
+    check_file_name(name)?;
+    let index = read_index(&ctx.env, version).await?.ok_or_else(|| EdgeError::new(404, "no_version", format!("model version {version} is not published")))?;
+    let sha = index.files.get(name).ok_or_else(|| EdgeError::new(404, "no_file", format!("version {version} has no {name}")))?;
+    let headers = Headers::new();
+    set(&headers, "etag", &etag(sha))?;
+    set(&headers, "cache-control", IMMUTABLE)?;
+    set(&headers, "accept-ranges", "bytes")?;
+    let header = |n: &str| req.headers().get(n).map_err(internal("a header"));
+    if header("if-none-match")?.is_some_and(|h| none_match(&h, sha)) {
+        return Ok(Response::empty().map_err(internal("a response"))?.with_status(304).with_headers(headers));
+    }
+    set(&headers, "content-type", content_type(name))?;
+    let range = header("range")?.and_then(|h| parse_range(&h)).filter(|_| header("if-range").ok().flatten().is_none_or(|h| if_range_holds(&h, sha)));
+    let bucket = ctx.env.bucket(BUCKET).map_err(internal("the R2 binding"))?;
+    let missing = || EdgeError::internal(format!("version {version}'s {name} ({sha}) is not in R2"));
+    if range.is_none() {
+        let cache = Cache::default();
+        let key = format!("{CACHE_ORIGIN}/{}", file_key(sha));
+        if let Some(hit) = cache.get(key.as_str(), false).await.map_err(internal("the cache"))? {
+            return Ok(hit.with_headers(headers));
+        }
+        let object = bucket.get(file_key(sha)).execute().await.map_err(internal("R2"))?.ok_or_else(missing)?;
+        let body = object.body().ok_or_else(missing)?.response_body().map_err(internal("R2"))?;
+        let mut r = Response::from_body(body).map_err(internal("a response"))?.with_headers(headers);
+        cache.put(key.as_str(), r.cloned().map_err(internal("a response"))?).await.map_err(internal("the cache"))?;
+        return Ok(r);
+    }
+    let size = bucket.head(file_key(sha)).await.map_err(internal("R2"))?.ok_or_else(missing)?.size();
+    match resolve_range(range, size) {
+        RangeAnswer::Part { offset, length } => {
+            let object = bucket.get(file_key(sha)).range(Range::OffsetWithLength { offset, length }).execute().await.map_err(internal("R2"))?.ok_or_else(missing)?;
+            let body = object.body().ok_or_else(missing)?.response_body().map_err(internal("R2"))?;
+            set(&headers, "content-range", &format!("bytes {offset}-{}/{size}", offset + length - 1))?;
+            Ok(Response::from_body(body).map_err(internal("a response"))?.with_status(206).with_headers(headers))
+        }
+        RangeAnswer::Unsatisfiable | RangeAnswer::Whole => {
+            let e = EdgeError::new(416, "range_not_satisfiable", format!("the file has {size} bytes"));
+            let r = Response::from_json(&e.body()).map_err(internal("json"))?.with_status(416);
+            set(r.headers(), "content-range", &format!("bytes */{size}"))?;
+            Ok(r)
+        }
+    }
+}
+
+/// Refuses a publishing request without the configured bearer token.
+fn authorize(req: &Request, env: &Env) -> std::result::Result<(), EdgeError> {
+    let token = env.secret(TOKEN).map(|s| s.to_string()).map_err(|_| EdgeError::new(403, "publishing_disabled", format!("no {TOKEN} is configured: this worker does not take publications")))?;
+    let given = req.headers().get("authorization").map_err(internal("a header"))?;
+    if !bearer_matches(given.as_deref(), &token) {
+        return Err(EdgeError::new(401, "unauthorized", "publishing takes the publisher's bearer token"));
+    }
+    Ok(())
+}
+
+/// `PUT /v1/admin/files/:sha256`: stores a file under its digest, once.
+async fn put_file(mut req: Request, ctx: RouteContext<()>) -> Answer {
+    authorize(&req, &ctx.env)?;
+    let sha = param(&ctx, "sha256")?.to_owned();
+    let digest = parse_sha256(&sha)?;
+    let bytes = body(&mut req, MAX_FILE_BYTES).await?;
+    if hearth_core::codec::sha256(&bytes).as_ref() != digest {
+        return Err(EdgeError::new(400, "digest_mismatch", format!("the body's SHA-256 is not {sha}")));
+    }
+    let bucket = ctx.env.bucket(BUCKET).map_err(internal("the R2 binding"))?;
+    let stored = bucket.head(file_key(&sha)).await.map_err(internal("R2"))?.is_none();
+    if stored {
+        bucket.put(file_key(&sha), bytes).sha256(digest.to_vec()).execute().await.map_err(internal("R2"))?;
+    }
+    json_response(&serde_json::json!({ "sha256": sha, "stored": stored }), if stored { 201 } else { 200 })
+}
+
+/// `PUT /v1/admin/versions/:version`: stores a version's index once every file it names is in R2.
+async fn put_version(mut req: Request, ctx: RouteContext<()>) -> Answer {
+    authorize(&req, &ctx.env)?;
+    let version = parse_version(param(&ctx, "version")?)?;
+    let index = VersionIndex::decode(&body(&mut req, MAX_INDEX_BYTES).await?, version)?;
+    let bucket = ctx.env.bucket(BUCKET).map_err(internal("the R2 binding"))?;
+    for (name, sha) in &index.files {
+        if bucket.head(file_key(sha)).await.map_err(internal("R2"))?.is_none() {
+            return Err(EdgeError::new(409, "missing_file", format!("{name} ({sha}) is not stored: PUT /v1/admin/files/{sha} first")));
+        }
+    }
+    if let Some(existing) = read_index(&ctx.env, version).await? {
+        return if existing == index {
+            json_response(&serde_json::json!({ "version": version, "stored": false }), 200)
+        } else {
+            Err(EdgeError::new(409, "version_exists", format!("version {version} is published with other files; versions never change")))
+        };
+    }
+    let canonical = serde_json::to_vec(&index).map_err(internal("json"))?;
+    bucket.put(index_key(version), canonical).execute().await.map_err(internal("R2"))?;
+    json_response(&serde_json::json!({ "version": version, "stored": true }), 201)
+}
+
+/// `PUT /v1/admin/latest`: points `latest` at a published version (forward, or back: a rollback).
+async fn put_latest(mut req: Request, ctx: RouteContext<()>) -> Answer {
+    authorize(&req, &ctx.env)?;
+    let bytes = body(&mut req, 1024).await?;
+    let MoveLatest { version } = serde_json::from_slice(&bytes).map_err(|e| EdgeError::malformed(format!("expected {{\"version\": n}}: {e}")))?;
+    let index = read_index(&ctx.env, version).await?.ok_or_else(|| EdgeError::new(409, "no_version", format!("version {version} has no index: PUT /v1/admin/versions/{version} first")))?;
+    let json = serde_json::to_string(&index).map_err(internal("json"))?;
+    let kv = ctx.env.kv(KV).map_err(internal("the KV binding"))?;
+    kv.put("latest", json).map_err(internal("KV"))?.execute().await.map_err(internal("KV"))?;
+    json_response(&serde_json::json!({ "version": version }), 200)
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    Router::new()
+        .get("/health", |_, _| Response::from_json(&super::health()))
+        .get_async("/v1/models/latest", |_, ctx| async move { respond(latest(&ctx.env).await) })
+        .get_async("/v1/models/:version/:file", |req, ctx| async move { respond(model_file(&req, &ctx).await) })
+        .head_async("/v1/models/:version/:file", |req, ctx| async move { respond(model_file(&req, &ctx).await) })
+        .put_async("/v1/admin/files/:sha256", |req, ctx| async move { respond(put_file(req, ctx).await) })
+        .put_async("/v1/admin/versions/:version", |req, ctx| async move { respond(put_version(req, ctx).await) })
+        .put_async("/v1/admin/latest", |req, ctx| async move { respond(put_latest(req, ctx).await) })
+        .run(req, env)
+        .await
+}

@@ -1,0 +1,24 @@
+// The edge worker in workerd (through Miniflare) for the tests: the module .ci/build-edge.sh
+// built, with in-memory R2, KV and Cache API, and the bindings wrangler.toml declares.
+import path from "node:path";
+import { Miniflare } from "miniflare";
+
+export const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME, ".cache/hearth/target");
+
+/** A worker; `bindings` adds plain-text bindings (e.g. PUBLISH_TOKEN). */
+export function startWorker({ bindings = {} } = {}) {
+  return new Miniflare({
+    modules: true,
+    scriptPath: path.join(target, "edge/entry.mjs"),
+    modulesRoot: path.join(target, "edge"),
+    modulesRules: [
+      { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
+      { type: "CompiledWasm", include: ["**/*.wasm"] },
+    ],
+    compatibilityDate: "2025-09-01",
+    r2Buckets: ["MODELS"],
+    kvNamespaces: ["MODELS_KV"],
+    cache: true,
+    bindings,
+  });
+}
