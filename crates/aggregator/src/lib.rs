@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod calibrate;
+pub mod edge;
 pub mod epsilon;
 pub mod error;
 pub mod io;

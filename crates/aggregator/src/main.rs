@@ -144,6 +144,28 @@ enum Command {
         #[arg(long)]
         to: u32,
     },
+    /// Copy a published model version to the edge worker: its files, then its index, then the
+    /// edge's `latest` (each step checked by the edge; running it again is harmless).
+    PublishEdge {
+        /// The edge worker's base URL.
+        #[arg(long)]
+        edge: String,
+        /// The edge's publisher token (its PUBLISH_TOKEN secret).
+        #[arg(long, env = "HEARTH_EDGE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The model store to copy from (the server's `<data_dir>/models`).
+        #[arg(long, default_value = "data/aggregator/models", conflicts_with = "model")]
+        store: PathBuf,
+        /// The version to copy (default: the store's latest).
+        #[arg(long, conflicts_with = "model")]
+        version: Option<u32>,
+        /// Copy a model directory instead, as its manifest's model_version.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Print one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate a model directory beside most-popular, under both protocols.
     Eval {
         #[command(flatten)]
@@ -511,6 +533,26 @@ fn run(cli: Cli) -> Result<()> {
                 let before = models.latest().await?;
                 models.rollback(to).await?;
                 eprintln!("latest: version {} -> {to} ({})", before.map_or("none".into(), |v| v.to_string()), store.display());
+                Ok::<(), anyhow::Error>(())
+            })?;
+        }
+        Command::PublishEdge { edge, token, store, version, model, json } => {
+            runtime()?.block_on(async {
+                let (version, files) = match &model {
+                    Some(dir) => hearth_aggregator::edge::from_model_dir(dir)?,
+                    None => hearth_aggregator::edge::from_store(&hearth_aggregator::serve::models::ModelStore::local(&store)?, version).await?,
+                };
+                let done = hearth_aggregator::edge::publish(&edge, &token, version, &files, |step| {
+                    if !json {
+                        eprintln!("edge: {step}");
+                    }
+                })
+                .await?;
+                if json {
+                    println!("{}", serde_json::to_string(&done)?);
+                } else {
+                    println!("version {version} is latest at {edge} ({} of {} files new)", done.files_stored.len(), files.len());
+                }
                 Ok::<(), anyhow::Error>(())
             })?;
         }

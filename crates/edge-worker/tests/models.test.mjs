@@ -5,7 +5,10 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { startWorker } from "./worker.mjs";
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { promisify } from "node:util";
+import { aggregatorBin, startWorker } from "./worker.mjs";
 
 const TOKEN = "test-publisher-token";
 const model = new URL("../../../models/ml100k/", import.meta.url);
@@ -157,4 +160,28 @@ test("latest moves to version 2 and back (a rollback); version 1 stays served as
   assert.ok(Buffer.from(await g1.arrayBuffer()).equals(v1["global.bin"]));
   assert.equal((await put("/v1/admin/latest", JSON.stringify({ version: 1 }))).status, 200);
   assert.equal((await (await get("/v1/models/latest")).json()).version, 1);
+});
+
+test("the aggregator's publish-edge copies a model over HTTP: files, index, latest; again stores nothing; a wrong token fails", async () => {
+  assert.ok(existsSync(aggregatorBin), `${aggregatorBin}: build it first (cargo test --workspace builds it)`);
+  const edge = startWorker({ bindings: { PUBLISH_TOKEN: TOKEN }, listen: true });
+  try {
+    const base = (await edge.ready).href;
+    const run = (token) => promisify(execFile)(aggregatorBin, ["publish-edge", "--edge", base, "--model", new URL(".", model).pathname, "--json"], { env: { ...process.env, HEARTH_EDGE_TOKEN: token } });
+    const first = JSON.parse((await run(TOKEN)).stdout);
+    const version = JSON.parse(v1["manifest.json"]).model_version;
+    assert.equal(first.version, version);
+    assert.deepEqual([...first.files_stored].sort(), [...FILES].sort());
+    assert.equal(first.index_stored, true);
+    const again = JSON.parse((await run(TOKEN)).stdout);
+    assert.deepEqual(again.files_stored, []);
+    assert.equal(again.index_stored, false);
+    const latest = await (await fetch(new URL("v1/models/latest", base))).json();
+    assert.deepEqual(latest, index(version, v1));
+    const shard = await fetch(new URL(`v1/models/${version}/items.shard`, base));
+    assert.ok(Buffer.from(await shard.arrayBuffer()).equals(v1["items.shard"]));
+    await assert.rejects(run("wrong-token"), (e) => e.code === 1 && /unauthorized/.test(e.stderr));
+  } finally {
+    await edge.dispose();
+  }
 });

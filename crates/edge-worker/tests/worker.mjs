@@ -5,8 +5,9 @@ import { Miniflare } from "miniflare";
 
 export const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME, ".cache/hearth/target");
 
-/** A worker; `bindings` adds plain-text bindings (e.g. PUBLISH_TOKEN). */
-export function startWorker({ bindings = {} } = {}) {
+/** A worker; `bindings` adds plain-text bindings (e.g. PUBLISH_TOKEN); with `listen`, it also
+ * listens on a free port of 127.0.0.1 (`(await mf.ready).href`) for other processes. */
+export function startWorker({ bindings = {}, listen = false } = {}) {
   return new Miniflare({
     modules: true,
     scriptPath: path.join(target, "edge/entry.mjs"),
@@ -20,5 +21,9 @@ export function startWorker({ bindings = {} } = {}) {
     kvNamespaces: ["MODELS_KV"],
     cache: true,
     bindings,
+    ...(listen ? { host: "127.0.0.1", port: 0 } : {}),
   });
 }
+
+/** The aggregator's CLI as the native tests built it (`cargo test --workspace`). */
+export const aggregatorBin = path.join(target, "debug/hearth-aggregator");
