@@ -3,11 +3,12 @@
 //! /v1/models/{version}/{file}`: immutable, content-addressed files from R2 behind the Cache API,
 //! with entity tags, 304 and byte ranges; `GET /v1/models/latest` from KV) and takes publications
 //! from the aggregator's model store (`PUT /v1/admin/…` with a bearer token: files, then the
-//! version's index, then `latest`). Non-personal lists, the sync relay and update intake come
-//! with later work.
+//! version's index, then `latest`), and relays a person's sealed sync envelopes between their
+//! devices (`POST|GET /v1/sync/{group}`, WebSocket `/v1/sync/{group}/live`: a Durable Object per
+//! group, `relay`'s rules). Non-personal lists and update intake come with later work.
 //!
-//! `http` and `models` hold the rules (native, tested here); `worker_glue` binds them to the
-//! Workers runtime.
+//! `http`, `models` and `relay` hold the rules (native, tested here); `worker_glue` and
+//! `relay_object` bind them to the Workers runtime.
 //!
 //! Build: `cargo build -p hearth-edge --target wasm32-unknown-unknown`, then `wasm-bindgen
 //! --target web`; `crates/edge-worker/entry.mjs` instantiates the module for workerd. The test
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 pub mod http;
 pub mod models;
+pub mod relay;
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -47,5 +49,7 @@ pub fn health() -> Health {
     }
 }
 
+#[cfg(target_family = "wasm")]
+mod relay_object;
 #[cfg(target_family = "wasm")]
 mod worker_glue;

@@ -16,6 +16,8 @@ const BUCKET: &str = "MODELS";
 const KV: &str = "MODELS_KV";
 /// Secret whose bearer token may publish.
 const TOKEN: &str = "PUBLISH_TOKEN";
+/// Durable Object namespace of the sync relay (one object per group).
+const RELAY: &str = "SYNC_RELAY";
 /// Cache API keys live under this origin (never fetched: the Cache API only needs a URL).
 const CACHE_ORIGIN: &str = "https://hearth-edge.cache";
 
@@ -201,6 +203,29 @@ async fn put_latest(mut req: Request, ctx: RouteContext<()>) -> Answer {
     json_response(&serde_json::json!({ "version": version }), 200)
 }
 
+/// `/v1/sync/:group…`: checked here (the group id, an envelope's declared size), then handed to
+/// the group's `SyncRelay` object, which checks and stores what it is sent.
+async fn relay(req: Request, ctx: RouteContext<()>) -> Result<Response> {
+    let checked = (|| {
+        let group = param(&ctx, "group")?;
+        crate::relay::parse_group(group)?;
+        let limits = crate::relay::Limits::from_vars(|n| ctx.env.var(n).ok().map(|v| v.to_string()));
+        if let Some(n) = req.headers().get("content-length").map_err(internal("a header"))?.and_then(|v| v.parse::<usize>().ok())
+            && n > limits.max_envelope
+        {
+            return Err(EdgeError::new(413, "too_large", format!("an envelope of {n} bytes (at most {})", limits.max_envelope)));
+        }
+        Ok(group.to_owned())
+    })();
+    match checked {
+        Ok(group) => {
+            let stub = ctx.env.durable_object(RELAY)?.id_from_name(&group)?.get_stub()?;
+            stub.fetch_with_request(req).await
+        }
+        Err(e) => respond(Err(e)),
+    }
+}
+
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     Router::new()
@@ -211,6 +236,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         .put_async("/v1/admin/files/:sha256", |req, ctx| async move { respond(put_file(req, ctx).await) })
         .put_async("/v1/admin/versions/:version", |req, ctx| async move { respond(put_version(req, ctx).await) })
         .put_async("/v1/admin/latest", |req, ctx| async move { respond(put_latest(req, ctx).await) })
+        .post_async("/v1/sync/:group", |req, ctx| async move { relay(req, ctx).await })
+        .get_async("/v1/sync/:group", |req, ctx| async move { relay(req, ctx).await })
+        .get_async("/v1/sync/:group/live", |req, ctx| async move { relay(req, ctx).await })
         .run(req, env)
         .await
 }

@@ -1,13 +1,15 @@
 // The edge worker in workerd (through Miniflare) for the tests: the module .ci/build-edge.sh
-// built, with in-memory R2, KV and Cache API, and the bindings wrangler.toml declares.
+// built, with in-memory R2, KV and Cache API, the sync relay's Durable Objects on SQLite, and the
+// bindings wrangler.toml declares.
 import path from "node:path";
 import { Miniflare } from "miniflare";
 
 export const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME, ".cache/hearth/target");
 
-/** A worker; `bindings` adds plain-text bindings (e.g. PUBLISH_TOKEN); with `listen`, it also
- * listens on a free port of 127.0.0.1 (`(await mf.ready).href`) for other processes. */
-export function startWorker({ bindings = {}, listen = false } = {}) {
+/** A worker; `bindings` adds plain-text bindings (e.g. PUBLISH_TOKEN, RELAY_* limits); with
+ * `listen`, it also listens on a free port of 127.0.0.1 (`(await mf.ready).href`) for other
+ * processes; with `persist` (a directory), Durable Objects keep their SQLite files there. */
+export function startWorker({ bindings = {}, listen = false, persist } = {}) {
   return new Miniflare({
     modules: true,
     scriptPath: path.join(target, "edge/entry.mjs"),
@@ -19,6 +21,8 @@ export function startWorker({ bindings = {}, listen = false } = {}) {
     compatibilityDate: "2025-09-01",
     r2Buckets: ["MODELS"],
     kvNamespaces: ["MODELS_KV"],
+    durableObjects: { SYNC_RELAY: { className: "SyncRelay", useSQLite: true } },
+    ...(persist ? { durableObjectsPersist: persist } : {}),
     cache: true,
     bindings,
     ...(listen ? { host: "127.0.0.1", port: 0 } : {}),

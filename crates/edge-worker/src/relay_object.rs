@@ -1,0 +1,193 @@
+//! The sync relay's Durable Object (`SyncRelay`, one per sync group, SQLite storage): it keeps
+//! the group's envelopes (`envelopes(seq, body, size, received_ms)`), hands them out by
+//! position, pushes each new one to the group's live WebSockets (hibernation API: sockets stay
+//! open while the object sleeps), and deletes expired ones from its alarm. The rules are
+//! `relay`'s.
+
+use std::cell::Cell;
+
+use worker::{DurableObject, Env, Request, Response, Result, SqlStorageValue, State, WebSocket, WebSocketIncomingMessage, WebSocketPair, durable_object};
+
+use crate::http::EdgeError;
+use crate::relay::{Limits, Window, check_envelope, check_quota, frame, parse_group};
+
+/// Most bytes of envelopes one fetch returns (the client asks again from `x-hearth-next`).
+const PAGE_BYTES: usize = 4 << 20;
+
+fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
+fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> EdgeError {
+    move |e| EdgeError::internal(format!("{what}: {e}"))
+}
+
+fn refusal(e: &EdgeError) -> Result<Response> {
+    Ok(Response::from_json(&e.body())?.with_status(e.status))
+}
+
+/// One sync group's relay.
+#[durable_object]
+pub struct SyncRelay {
+    state: State,
+    limits: Limits,
+    window: Cell<Window>,
+}
+
+impl SyncRelay {
+    fn sql(&self) -> worker::SqlStorage {
+        self.state.storage().sql()
+    }
+
+    /// Envelopes and bytes held.
+    fn held(&self) -> std::result::Result<(u64, u64), EdgeError> {
+        let cursor = self.sql().exec("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM envelopes", None).map_err(internal("SQLite"))?;
+        let row = cursor.raw().next().transpose().map_err(internal("SQLite"))?.unwrap_or_default();
+        let n = |i: usize| match row.get(i) {
+            Some(SqlStorageValue::Integer(v)) => *v as u64,
+            Some(SqlStorageValue::Float(v)) => *v as u64,
+            _ => 0,
+        };
+        Ok((n(0), n(1)))
+    }
+
+    /// Stores an envelope for `group` and pushes it to every live socket but `from`; returns its
+    /// position.
+    async fn post(&self, group: [u8; 16], envelope: Vec<u8>, from: Option<&WebSocket>) -> std::result::Result<u64, EdgeError> {
+        check_envelope(&envelope, group, &self.limits)?;
+        let mut window = self.window.get();
+        window.take(now_ms(), &self.limits)?;
+        self.window.set(window);
+        let (count, bytes) = self.held()?;
+        check_quota(count, bytes, envelope.len(), &self.limits)?;
+        let size = envelope.len() as i64;
+        let cursor = self
+            .sql()
+            .exec("INSERT INTO envelopes (body, size, received_ms) VALUES (?, ?, ?) RETURNING seq", vec![envelope.clone().into(), size.into(), now_ms().into()])
+            .map_err(internal("SQLite"))?;
+        let seq = match cursor.raw().next().transpose().map_err(internal("SQLite"))?.and_then(|r| r.into_iter().next()) {
+            Some(SqlStorageValue::Integer(v)) => v as u64,
+            Some(SqlStorageValue::Float(v)) => v as u64,
+            _ => return Err(EdgeError::internal("no position for the stored envelope")),
+        };
+        if self.state.storage().get_alarm().await.map_err(internal("the alarm"))?.is_none() {
+            self.state.storage().set_alarm(self.limits.ttl_ms).await.map_err(internal("the alarm"))?;
+        }
+        let framed = frame([(seq, envelope.as_slice())]);
+        for ws in self.state.get_websockets() {
+            if from.is_none_or(|f| f != &ws) {
+                let _ = ws.send_with_bytes(&framed);
+            }
+        }
+        Ok(seq)
+    }
+
+    /// The envelopes from position `since` on, at most [`PAGE_BYTES`] (at least one).
+    fn fetch_since(&self, since: u64) -> std::result::Result<(Vec<(u64, Vec<u8>)>, u64), EdgeError> {
+        let cursor = self.sql().exec("SELECT seq, body FROM envelopes WHERE seq >= ? ORDER BY seq", vec![(since.min(i64::MAX as u64) as i64).into()]).map_err(internal("SQLite"))?;
+        let (mut out, mut total, mut next) = (vec![], 0usize, since);
+        for row in cursor.raw() {
+            let row = row.map_err(internal("SQLite"))?;
+            let (Some(SqlStorageValue::Integer(seq)), Some(SqlStorageValue::Blob(body))) = (row.first(), row.get(1)) else {
+                return Err(EdgeError::internal("an envelope row of another shape"));
+            };
+            if !out.is_empty() && total + body.len() > PAGE_BYTES {
+                break;
+            }
+            total += body.len();
+            next = *seq as u64 + 1;
+            out.push((*seq as u64, body.clone()));
+        }
+        Ok((out, next))
+    }
+
+    async fn route(&self, mut req: Request) -> std::result::Result<Response, EdgeError> {
+        let url = req.url().map_err(internal("the URL"))?;
+        let segments: Vec<&str> = url.path_segments().map(Iterator::collect).unwrap_or_default();
+        let (group_hex, live) = match segments.as_slice() {
+            ["v1", "sync", g] => (*g, false),
+            ["v1", "sync", g, "live"] => (*g, true),
+            _ => return Err(EdgeError::new(404, "not_found", "no such relay route")),
+        };
+        let group = parse_group(group_hex)?;
+        if live {
+            if req.headers().get("upgrade").map_err(internal("a header"))?.is_none_or(|u| !u.eq_ignore_ascii_case("websocket")) {
+                return Err(EdgeError::new(426, "upgrade_required", "the live feed is a WebSocket"));
+            }
+            let pair = WebSocketPair::new().map_err(internal("a WebSocket"))?;
+            pair.server.serialize_attachment(group_hex).map_err(internal("a WebSocket"))?;
+            self.state.accept_web_socket(&pair.server);
+            return Response::from_websocket(pair.client).map_err(internal("a WebSocket"));
+        }
+        match req.method() {
+            worker::Method::Post => {
+                let body = req.bytes().await.map_err(|e| EdgeError::malformed(format!("the body: {e}")))?;
+                let seq = self.post(group, body, None).await?;
+                Ok(Response::from_json(&serde_json::json!({ "seq": seq })).map_err(internal("json"))?.with_status(201))
+            }
+            worker::Method::Get => {
+                let since = url.query_pairs().find(|(k, _)| k == "since").map(|(_, v)| v.parse::<u64>().map_err(|_| EdgeError::malformed(format!("since={v}")))).transpose()?.unwrap_or(0);
+                let (envelopes, next) = self.fetch_since(since)?;
+                let r = Response::from_bytes(frame(envelopes.iter().map(|(s, b)| (*s, b.as_slice())))).map_err(internal("a response"))?;
+                let h = r.headers();
+                h.set("content-type", "application/octet-stream").map_err(internal("a header"))?;
+                h.set("cache-control", "no-store").map_err(internal("a header"))?;
+                h.set("x-hearth-next", &next.to_string()).map_err(internal("a header"))?;
+                Ok(r)
+            }
+            _ => Err(EdgeError::new(405, "method_not_allowed", "POST or GET")),
+        }
+    }
+}
+
+impl DurableObject for SyncRelay {
+    fn new(state: State, env: Env) -> Self {
+        let limits = Limits::from_vars(|name| env.var(name).ok().map(|v| v.to_string()));
+        // The table exists before any request is served (CREATE … IF NOT EXISTS never fails on an
+        // existing table; a failure here surfaces on the first query instead).
+        let _ = state
+            .storage()
+            .sql()
+            .exec("CREATE TABLE IF NOT EXISTS envelopes (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL, size INTEGER NOT NULL, received_ms INTEGER NOT NULL)", None);
+        SyncRelay { state, limits, window: Cell::new(Window::default()) }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        match self.route(req).await {
+            Ok(r) => Ok(r),
+            Err(e) => refusal(&e),
+        }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        let cutoff = now_ms() - self.limits.ttl_ms;
+        self.sql().exec("DELETE FROM envelopes WHERE received_ms <= ?", vec![cutoff.into()])?;
+        let oldest = self.sql().exec("SELECT MIN(received_ms) FROM envelopes", None)?;
+        if let Some(Ok(row)) = oldest.raw().next()
+            && let Some(SqlStorageValue::Integer(t)) = row.first()
+        {
+            self.state.storage().set_alarm((t + self.limits.ttl_ms - now_ms()).max(1)).await?;
+        }
+        Response::ok("")
+    }
+
+    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+        let WebSocketIncomingMessage::Binary(envelope) = message else {
+            return ws.send_with_str(serde_json::to_string(&EdgeError::malformed("send envelopes as binary messages").body())?);
+        };
+        let group = ws.deserialize_attachment::<String>()?.ok_or_else(|| worker::Error::RustError("a socket without its group".into()))?;
+        let answer = match parse_group(&group) {
+            Ok(g) => self.post(g, envelope, Some(&ws)).await.map(|seq| serde_json::json!({ "seq": seq })),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(v) => ws.send_with_str(v.to_string()),
+            Err(e) => ws.send_with_str(serde_json::to_string(&e.body())?),
+        }
+    }
+
+    async fn websocket_close(&self, ws: WebSocket, _code: usize, _reason: String, _clean: bool) -> Result<()> {
+        let _ = ws.close(Some(1000), Some("closed"));
+        Ok(())
+    }
+}
