@@ -5,9 +5,11 @@
 //! from the aggregator's model store (`PUT /v1/admin/…` with a bearer token: files, then the
 //! version's index, then `latest`), and relays a person's sealed sync envelopes between their
 //! devices (`POST|GET /v1/sync/{group}`, WebSocket `/v1/sync/{group}/live`: a Durable Object per
-//! group, `relay`'s rules). Non-personal lists and update intake come with later work.
+//! group, `relay`'s rules), and takes devices' federated-round traffic to the aggregator
+//! (`POST /v1/rounds/{n}/messages` checked and rate-limited per device, `POST /v1/devices`,
+//! `GET /v1/rounds/…`; `intake`'s rules). Non-personal lists come with later work.
 //!
-//! `http`, `models` and `relay` hold the rules (native, tested here); `worker_glue` and
+//! `http`, `models`, `relay` and `intake` hold the rules (native, tested here); `worker_glue` and
 //! `relay_object` bind them to the Workers runtime.
 //!
 //! Build: `cargo build -p hearth-edge --target wasm32-unknown-unknown`, then `wasm-bindgen
@@ -23,6 +25,7 @@
 use serde::Serialize;
 
 pub mod http;
+pub mod intake;
 pub mod models;
 pub mod relay;
 

@@ -16,6 +16,10 @@ const BUCKET: &str = "MODELS";
 const KV: &str = "MODELS_KV";
 /// Secret whose bearer token may publish.
 const TOKEN: &str = "PUBLISH_TOKEN";
+/// Variable naming the aggregator intake forwards to.
+const AGGREGATOR: &str = "AGGREGATOR_URL";
+/// Rate-limit binding of intake (per device: round and index).
+const INTAKE_LIMIT: &str = "INTAKE_LIMIT";
 /// Durable Object namespace of the sync relay (one object per group).
 const RELAY: &str = "SYNC_RELAY";
 /// Cache API keys live under this origin (never fetched: the Cache API only needs a URL).
@@ -203,6 +207,65 @@ async fn put_latest(mut req: Request, ctx: RouteContext<()>) -> Answer {
     json_response(&serde_json::json!({ "version": version }), 200)
 }
 
+/// The aggregator intake forwards to (`AGGREGATOR_URL`, e.g. `https://aggregator.example`).
+fn aggregator(env: &Env) -> std::result::Result<String, EdgeError> {
+    let url = env.var(AGGREGATOR).map(|v| v.to_string()).map_err(|_| EdgeError::new(503, "no_aggregator", format!("no {AGGREGATOR} is configured")))?;
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Sends `method path` with `body` to the aggregator and answers what it answered (status, body,
+/// content type): its typed errors reach the device unchanged. 502 `upstream_unavailable` when
+/// it cannot be reached.
+async fn forward(env: &Env, method: worker::Method, path_and_query: &str, body: Option<Vec<u8>>, content_type: &str) -> Answer {
+    let url = format!("{}{path_and_query}", aggregator(env)?);
+    let headers = Headers::new();
+    set(&headers, "content-type", content_type)?;
+    let mut init = worker::RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some(b) = body {
+        init.with_body(Some(worker::js_sys::Uint8Array::from(b.as_slice()).into()));
+    }
+    let req = Request::new_with_init(&url, &init).map_err(internal("a request"))?;
+    let mut res = worker::Fetch::Request(req).send().await.map_err(|e| EdgeError::new(502, "upstream_unavailable", format!("the aggregator: {e}")))?;
+    let status = res.status_code();
+    let kind = res.headers().get("content-type").map_err(internal("a header"))?.unwrap_or_else(|| "application/octet-stream".into());
+    let bytes = res.bytes().await.map_err(|e| EdgeError::new(502, "upstream_unavailable", format!("the aggregator's answer: {e}")))?;
+    let out = Response::from_bytes(bytes).map_err(internal("a response"))?.with_status(status);
+    set(out.headers(), "content-type", &kind)?;
+    set(out.headers(), "cache-control", "no-store")?;
+    Ok(out)
+}
+
+/// `POST /v1/rounds/:number/messages`: a device's secure-aggregation message, checked (size,
+/// version, a client's kind), rate-limited per device (its place in the round), forwarded.
+async fn intake_message(mut req: Request, ctx: RouteContext<()>) -> Answer {
+    let round = crate::intake::parse_round(param(&ctx, "number")?)?;
+    let bytes = body(&mut req, crate::intake::MAX_MESSAGE).await?;
+    let key = crate::intake::check_message(round, &bytes)?;
+    let limiter = ctx.env.rate_limiter(INTAKE_LIMIT).map_err(internal("the rate limiter"))?;
+    if !limiter.limit(key.clone()).await.map_err(internal("the rate limiter"))?.success {
+        return Err(EdgeError::new(429, "rate_limited", format!("too many messages from client {key} (round:index)")));
+    }
+    forward(&ctx.env, worker::Method::Post, &format!("/v1/rounds/{round}/messages"), Some(bytes), "application/octet-stream").await
+}
+
+/// `POST /v1/devices`: an enrollment (a public key and its proof), size-checked, forwarded.
+async fn intake_enrollment(mut req: Request, ctx: RouteContext<()>) -> Answer {
+    let bytes = body(&mut req, crate::intake::MAX_ENROLLMENT).await?;
+    forward(&ctx.env, worker::Method::Post, "/v1/devices", Some(bytes), "application/json").await
+}
+
+/// `GET /v1/rounds/…`: what a device reads of a round (its invitation, the plan, the server's
+/// requests, the round's status), forwarded with its query.
+async fn intake_read(req: Request, ctx: RouteContext<()>) -> Answer {
+    let url = req.url().map_err(internal("the URL"))?;
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
+    forward(&ctx.env, worker::Method::Get, &path, None, "application/octet-stream").await
+}
+
 /// `/v1/sync/:group…`: checked here (the group id, an envelope's declared size), then handed to
 /// the group's `SyncRelay` object, which checks and stores what it is sent.
 async fn relay(req: Request, ctx: RouteContext<()>) -> Result<Response> {
@@ -236,6 +299,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         .put_async("/v1/admin/files/:sha256", |req, ctx| async move { respond(put_file(req, ctx).await) })
         .put_async("/v1/admin/versions/:version", |req, ctx| async move { respond(put_version(req, ctx).await) })
         .put_async("/v1/admin/latest", |req, ctx| async move { respond(put_latest(req, ctx).await) })
+        .post_async("/v1/rounds/:number/messages", |req, ctx| async move { respond(intake_message(req, ctx).await) })
+        .post_async("/v1/devices", |req, ctx| async move { respond(intake_enrollment(req, ctx).await) })
+        .get_async("/v1/rounds/*rest", |req, ctx| async move { respond(intake_read(req, ctx).await) })
         .post_async("/v1/sync/:group", |req, ctx| async move { relay(req, ctx).await })
         .get_async("/v1/sync/:group", |req, ctx| async move { relay(req, ctx).await })
         .get_async("/v1/sync/:group/live", |req, ctx| async move { relay(req, ctx).await })

@@ -8,8 +8,9 @@ export const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME
 
 /** A worker; `bindings` adds plain-text bindings (e.g. PUBLISH_TOKEN, RELAY_* limits); with
  * `listen`, it also listens on a free port of 127.0.0.1 (`(await mf.ready).href`) for other
- * processes; with `persist` (a directory), Durable Objects keep their SQLite files there. */
-export function startWorker({ bindings = {}, listen = false, persist } = {}) {
+ * processes; with `persist` (a directory), Durable Objects keep their SQLite files there;
+ * `ratelimits` replaces intake's per-device limit (wrangler.toml's). */
+export function startWorker({ bindings = {}, listen = false, persist, ratelimits = { INTAKE_LIMIT: { namespace_id: "1001", simple: { limit: 120, period: 60 } } } } = {}) {
   return new Miniflare({
     modules: true,
     scriptPath: path.join(target, "edge/entry.mjs"),
@@ -24,6 +25,7 @@ export function startWorker({ bindings = {}, listen = false, persist } = {}) {
     durableObjects: { SYNC_RELAY: { className: "SyncRelay", useSQLite: true } },
     ...(persist ? { durableObjectsPersist: persist } : {}),
     cache: true,
+    ratelimits,
     bindings,
     ...(listen ? { host: "127.0.0.1", port: 0 } : {}),
   });
