@@ -69,6 +69,31 @@ async fn body(req: &mut Request, limit: usize) -> std::result::Result<Vec<u8>, E
 /// A version's index: from the Cache API, else R2 (and then cached: indexes never change once
 /// written). None: not published.
 async fn read_index(env: &Env, version: u32) -> std::result::Result<Option<VersionIndex>, EdgeError> {
+    if let Some(index) = INDEXES.with_borrow(|m| m.get(&version).cloned()) {
+        return Ok(Some(index));
+    }
+    let index = read_index_cached(env, version).await?;
+    if let Some(i) = &index {
+        INDEXES.with_borrow_mut(|m| {
+            if m.len() >= MAX_INDEXES_IN_MEMORY {
+                m.clear();
+            }
+            m.insert(version, i.clone());
+        });
+    }
+    Ok(index)
+}
+
+thread_local! {
+    /// Version indexes this isolate has read: they never change once stored, so an isolate keeps
+    /// them (a few hundred bytes each) and most file requests skip the Cache API lookup.
+    static INDEXES: std::cell::RefCell<std::collections::HashMap<u32, VersionIndex>> = Default::default();
+}
+/// Indexes an isolate keeps before it starts over.
+const MAX_INDEXES_IN_MEMORY: usize = 256;
+
+/// [`read_index`] below the isolate's memory: the Cache API, then R2.
+async fn read_index_cached(env: &Env, version: u32) -> std::result::Result<Option<VersionIndex>, EdgeError> {
     let cache = Cache::default();
     let key = format!("{CACHE_ORIGIN}/{}", index_key(version));
     if let Some(mut hit) = cache.get(key.as_str(), false).await.map_err(internal("the cache"))? {
