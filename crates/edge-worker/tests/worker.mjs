@@ -8,9 +8,10 @@ export const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME
 
 /** A worker; `bindings` adds plain-text bindings (e.g. PUBLISH_TOKEN, RELAY_* limits); with
  * `listen`, it also listens on a free port of 127.0.0.1 (`(await mf.ready).href`) for other
- * processes; with `persist` (a directory), Durable Objects keep their SQLite files there;
+ * processes (on `port`, or a free one); with `persist` (a directory), Durable Objects keep their
+ * SQLite files there, with `persistAll` R2, KV, the cache and Durable Objects keep everything;
  * `ratelimits` replaces intake's per-device limit (wrangler.toml's). */
-export function startWorker({ bindings = {}, listen = false, persist, ratelimits = { INTAKE_LIMIT: { namespace_id: "1001", simple: { limit: 120, period: 60 } } } } = {}) {
+export function startWorker({ bindings = {}, listen = false, port = 0, persist, persistAll, ratelimits = { INTAKE_LIMIT: { namespace_id: "1001", simple: { limit: 120, period: 60 } } } } = {}) {
   return new Miniflare({
     modules: true,
     scriptPath: path.join(target, "edge/entry.mjs"),
@@ -24,10 +25,13 @@ export function startWorker({ bindings = {}, listen = false, persist, ratelimits
     kvNamespaces: ["MODELS_KV"],
     durableObjects: { SYNC_RELAY: { className: "SyncRelay", useSQLite: true } },
     ...(persist ? { durableObjectsPersist: persist } : {}),
+    ...(persistAll
+      ? { r2Persist: `${persistAll}/r2`, kvPersist: `${persistAll}/kv`, cachePersist: `${persistAll}/cache`, durableObjectsPersist: `${persistAll}/do` }
+      : {}),
     cache: true,
     ratelimits,
     bindings,
-    ...(listen ? { host: "127.0.0.1", port: 0 } : {}),
+    ...(listen ? { host: "127.0.0.1", port } : {}),
   });
 }
 
