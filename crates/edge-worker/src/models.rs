@@ -38,12 +38,15 @@ pub struct MoveLatest {
 pub const MAX_INDEX_BYTES: usize = 64 << 10;
 /// The most files a version may name.
 pub const MAX_FILES: usize = 64;
-/// The largest file accepted by one `PUT` (bytes): Workers take request bodies up to 100 MB on
-/// the smallest plans.
-pub const MAX_FILE_BYTES: usize = 96 << 20;
-/// `Cache-Control` of a versioned file: its name never changes meaning.
-pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-/// `Cache-Control` of `latest`: devices notice a new version within a minute.
+/// The largest file accepted by one `PUT` (bytes). A Worker holds a body up to three times while
+/// it checks and stores it (the request, its bytes, the copy to R2) within 128 MB; larger files
+/// go to R2 directly (`wrangler r2 object put`), then their index through this API.
+pub const MAX_FILE_BYTES: usize = 24 << 20;
+/// `Cache-Control` of a versioned file: its name never changes meaning, and no proxy may
+/// re-encode it (its strong entity tag is its digest).
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable, no-transform";
+/// `Cache-Control` of `latest`. With KV's 60 s read cache and its propagation between locations
+/// (up to about a minute), a device notices a new version within about two and a half minutes.
 pub const LATEST_CACHE: &str = "public, max-age=30";
 
 /// R2 key of a content-addressed file.

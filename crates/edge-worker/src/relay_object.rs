@@ -4,13 +4,13 @@
 //! open while the object sleeps), and deletes expired ones from its alarm. The rules are
 //! `relay`'s.
 
-use std::cell::Cell;
-
 use worker::{DurableObject, Env, Request, Response, Result, SqlStorageValue, State, WebSocket, WebSocketIncomingMessage, WebSocketPair, durable_object};
 
 use crate::http::EdgeError;
-use crate::relay::{Limits, Window, check_envelope, check_quota, frame, parse_group};
+use crate::relay::{Limits, check_envelope, check_quota, check_rate, frame, parse_group};
 
+/// Live WebSockets a group may hold (a person's devices, with room to spare).
+const MAX_SOCKETS: usize = 32;
 /// Most bytes of envelopes one fetch returns (the client asks again from `x-hearth-next`).
 const PAGE_BYTES: usize = 4 << 20;
 
@@ -31,12 +31,22 @@ fn refusal(e: &EdgeError) -> Result<Response> {
 pub struct SyncRelay {
     state: State,
     limits: Limits,
-    window: Cell<Window>,
 }
 
 impl SyncRelay {
     fn sql(&self) -> worker::SqlStorage {
         self.state.storage().sql()
+    }
+
+    /// The one integer `query` (with one bound value) answers.
+    fn count(&self, query: &str, bound: i64) -> std::result::Result<u64, EdgeError> {
+        let cursor = self.sql().exec(query, vec![bound.into()]).map_err(internal("SQLite"))?;
+        let row = cursor.raw().next().transpose().map_err(internal("SQLite"))?.unwrap_or_default();
+        Ok(match row.first() {
+            Some(SqlStorageValue::Integer(v)) => *v as u64,
+            Some(SqlStorageValue::Float(v)) => *v as u64,
+            _ => 0,
+        })
     }
 
     /// Envelopes and bytes held.
@@ -55,9 +65,9 @@ impl SyncRelay {
     /// position.
     async fn post(&self, group: [u8; 16], envelope: Vec<u8>, from: Option<&WebSocket>) -> std::result::Result<u64, EdgeError> {
         check_envelope(&envelope, group, &self.limits)?;
-        let mut window = self.window.get();
-        window.take(now_ms(), &self.limits)?;
-        self.window.set(window);
+        // Counted from storage, so an object evicted between posts does not start over.
+        let recent = self.count("SELECT COUNT(*) FROM envelopes WHERE received_ms > ?", now_ms() - 60_000)?;
+        check_rate(recent, &self.limits)?;
         let (count, bytes) = self.held()?;
         check_quota(count, bytes, envelope.len(), &self.limits)?;
         let size = envelope.len() as i64;
@@ -114,6 +124,10 @@ impl SyncRelay {
             if req.headers().get("upgrade").map_err(internal("a header"))?.is_none_or(|u| !u.eq_ignore_ascii_case("websocket")) {
                 return Err(EdgeError::new(426, "upgrade_required", "the live feed is a WebSocket"));
             }
+            let open = self.state.get_websockets().len();
+            if open >= MAX_SOCKETS {
+                return Err(EdgeError::new(429, "too_many_sockets", format!("{open} live connections to this group (at most {MAX_SOCKETS})")));
+            }
             let pair = WebSocketPair::new().map_err(internal("a WebSocket"))?;
             pair.server.serialize_attachment(group_hex).map_err(internal("a WebSocket"))?;
             self.state.accept_web_socket(&pair.server);
@@ -149,7 +163,7 @@ impl DurableObject for SyncRelay {
             .storage()
             .sql()
             .exec("CREATE TABLE IF NOT EXISTS envelopes (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL, size INTEGER NOT NULL, received_ms INTEGER NOT NULL)", None);
-        SyncRelay { state, limits, window: Cell::new(Window::default()) }
+        SyncRelay { state, limits }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {

@@ -18,14 +18,19 @@ const KV: &str = "MODELS_KV";
 const TOKEN: &str = "PUBLISH_TOKEN";
 /// Variable naming the aggregator intake forwards to.
 const AGGREGATOR: &str = "AGGREGATOR_URL";
-/// Rate-limit binding of intake (per device: round and index).
+/// Rate-limit binding of intake per device (address, round and index).
 const INTAKE_LIMIT: &str = "INTAKE_LIMIT";
+/// Rate-limit binding per client address (intake and the relay).
+const CLIENT_LIMIT: &str = "CLIENT_LIMIT";
 /// Durable Object namespace of the sync relay (one object per group).
 const RELAY: &str = "SYNC_RELAY";
 /// Cache API keys live under this origin (never fetched: the Cache API only needs a URL).
 const CACHE_ORIGIN: &str = "https://hearth-edge.cache";
 
 type Answer = std::result::Result<Response, EdgeError>;
+/// A route's context: its parameters, the bindings and the request's `Context` (for
+/// `wait_until`).
+type Ctx = RouteContext<Context>;
 
 fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> EdgeError {
     move |e| EdgeError::internal(format!("{what}: {e}"))
@@ -47,23 +52,56 @@ fn set(headers: &Headers, name: &str, value: &str) -> std::result::Result<(), Ed
     headers.set(name, value).map_err(internal("a header"))
 }
 
-fn param<'a>(ctx: &'a RouteContext<()>, name: &str) -> std::result::Result<&'a str, EdgeError> {
+fn param<'a>(ctx: &'a Ctx, name: &str) -> std::result::Result<&'a str, EdgeError> {
     ctx.param(name).map(String::as_str).ok_or_else(|| EdgeError::malformed(format!("no {name} in the path")))
 }
 
-/// A request body of at most `limit` bytes (413 `too_large` beyond, by its length header first).
+/// A request body of at most `limit` bytes (413 `too_large` beyond: by its length header before
+/// reading, else while reading, so a chunked body is never held past the limit).
 async fn body(req: &mut Request, limit: usize) -> std::result::Result<Vec<u8>, EdgeError> {
-    let too_large = |n: usize| EdgeError::new(413, "too_large", format!("a body of {n} bytes (at most {limit})"));
+    use futures::StreamExt;
+    let too_large = |n: usize| EdgeError::new(413, "too_large", format!("a body of {n} bytes or more (at most {limit})"));
     if let Some(n) = req.headers().get("content-length").map_err(internal("a header"))?.and_then(|v| v.parse::<usize>().ok())
         && n > limit
     {
         return Err(too_large(n));
     }
-    let bytes = req.bytes().await.map_err(|e| EdgeError::malformed(format!("the body: {e}")))?;
-    if bytes.len() > limit {
-        return Err(too_large(bytes.len()));
+    let mut stream = match req.stream() {
+        Ok(s) => s,
+        // No body at all.
+        Err(_) => return Ok(vec![]),
+    };
+    let mut out = vec![];
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| EdgeError::malformed(format!("the body: {e}")))?;
+        if out.len() + chunk.len() > limit {
+            return Err(too_large(out.len() + chunk.len()));
+        }
+        out.extend_from_slice(&chunk);
     }
-    Ok(bytes)
+    Ok(out)
+}
+
+/// The caller's address as the runtime gives it (`CF-Connecting-IP`), for per-client limits.
+fn client_ip(req: &Request) -> String {
+    req.headers().get("cf-connecting-ip").ok().flatten().unwrap_or_else(|| "unknown".into())
+}
+
+/// Counts a request of `key` against the rate-limit binding `binding` (429 `rate_limited`).
+async fn limit(env: &Env, binding: &str, key: String, what: &str) -> std::result::Result<(), EdgeError> {
+    let limiter = env.rate_limiter(binding).map_err(internal("the rate limiter"))?;
+    if !limiter.limit(key).await.map_err(internal("the rate limiter"))?.success {
+        return Err(EdgeError::new(429, "rate_limited", format!("too many {what}; try again in a minute")));
+    }
+    Ok(())
+}
+
+/// Stores `response` under `key` in the Cache API after the answer is sent (a failure only
+/// means a later miss).
+fn cache_later(ctx: &Ctx, key: String, response: Response) {
+    ctx.data.wait_until(async move {
+        let _ = Cache::default().put(key.as_str(), response).await;
+    });
 }
 
 /// A version's index: from the Cache API, else R2 (and then cached: indexes never change once
@@ -106,7 +144,8 @@ async fn read_index_cached(env: &Env, version: u32) -> std::result::Result<Optio
     let index = VersionIndex::decode(&bytes, version).map_err(|e| EdgeError::internal(format!("stored index {version}: {e}")))?;
     let copy = Response::from_bytes(bytes).map_err(internal("a response"))?;
     set(copy.headers(), "cache-control", IMMUTABLE)?;
-    cache.put(key.as_str(), copy).await.map_err(internal("the cache"))?;
+    // An index is a few hundred bytes: stored before answering, a failure ignored.
+    let _ = cache.put(key.as_str(), copy).await;
     Ok(Some(index))
 }
 
@@ -123,7 +162,7 @@ async fn latest(env: &Env) -> Answer {
 
 /// `GET|HEAD /v1/models/:version/:file`: a versioned file, with its SHA-256 as entity tag,
 /// conditional (304) and range (206, 416) answers, the whole body through the Cache API.
-async fn model_file(req: &Request, ctx: &RouteContext<()>) -> Answer {
+async fn model_file(req: &Request, ctx: &Ctx) -> Answer {
     let version = parse_version(param(ctx, "version")?)?;
     let name = param(ctx, "file")?;
     check_file_name(name)?;
@@ -150,7 +189,7 @@ async fn model_file(req: &Request, ctx: &RouteContext<()>) -> Answer {
         let object = bucket.get(file_key(sha)).execute().await.map_err(internal("R2"))?.ok_or_else(missing)?;
         let body = object.body().ok_or_else(missing)?.response_body().map_err(internal("R2"))?;
         let mut r = Response::from_body(body).map_err(internal("a response"))?.with_headers(headers);
-        cache.put(key.as_str(), r.cloned().map_err(internal("a response"))?).await.map_err(internal("the cache"))?;
+        cache_later(ctx, key, r.cloned().map_err(internal("a response"))?);
         return Ok(r);
     }
     let size = bucket.head(file_key(sha)).await.map_err(internal("R2"))?.ok_or_else(missing)?.size();
@@ -181,7 +220,7 @@ fn authorize(req: &Request, env: &Env) -> std::result::Result<(), EdgeError> {
 }
 
 /// `PUT /v1/admin/files/:sha256`: stores a file under its digest, once.
-async fn put_file(mut req: Request, ctx: RouteContext<()>) -> Answer {
+async fn put_file(mut req: Request, ctx: Ctx) -> Answer {
     authorize(&req, &ctx.env)?;
     let sha = param(&ctx, "sha256")?.to_owned();
     let digest = parse_sha256(&sha)?;
@@ -198,7 +237,7 @@ async fn put_file(mut req: Request, ctx: RouteContext<()>) -> Answer {
 }
 
 /// `PUT /v1/admin/versions/:version`: stores a version's index once every file it names is in R2.
-async fn put_version(mut req: Request, ctx: RouteContext<()>) -> Answer {
+async fn put_version(mut req: Request, ctx: Ctx) -> Answer {
     authorize(&req, &ctx.env)?;
     let version = parse_version(param(&ctx, "version")?)?;
     let index = VersionIndex::decode(&body(&mut req, MAX_INDEX_BYTES).await?, version)?;
@@ -216,12 +255,22 @@ async fn put_version(mut req: Request, ctx: RouteContext<()>) -> Answer {
         };
     }
     let canonical = serde_json::to_vec(&index).map_err(internal("json"))?;
-    bucket.put(index_key(version), canonical).execute().await.map_err(internal("R2"))?;
+    // Written only if no index is there yet: of two racing publications, one wins and the other
+    // is compared with it below.
+    let only_new = worker::Conditional { etag_does_not_match: Some("*".into()), ..Default::default() };
+    if bucket.put(index_key(version), canonical).only_if(only_new).execute().await.map_err(internal("R2"))?.is_none() {
+        let existing = read_index(&ctx.env, version).await?;
+        return if existing.as_ref() == Some(&index) {
+            json_response(&serde_json::json!({ "version": version, "stored": false }), 200)
+        } else {
+            Err(EdgeError::new(409, "version_exists", format!("version {version} is published with other files; versions never change")))
+        };
+    }
     json_response(&serde_json::json!({ "version": version, "stored": true }), 201)
 }
 
 /// `PUT /v1/admin/latest`: points `latest` at a published version (forward, or back: a rollback).
-async fn put_latest(mut req: Request, ctx: RouteContext<()>) -> Answer {
+async fn put_latest(mut req: Request, ctx: Ctx) -> Answer {
     authorize(&req, &ctx.env)?;
     let bytes = body(&mut req, 1024).await?;
     let MoveLatest { version } = serde_json::from_slice(&bytes).map_err(|e| EdgeError::malformed(format!("expected {{\"version\": n}}: {e}")))?;
@@ -254,35 +303,47 @@ async fn forward(env: &Env, method: worker::Method, path_and_query: &str, body: 
     let mut res = worker::Fetch::Request(req).send().await.map_err(|e| EdgeError::new(502, "upstream_unavailable", format!("the aggregator: {e}")))?;
     let status = res.status_code();
     let kind = res.headers().get("content-type").map_err(internal("a header"))?.unwrap_or_else(|| "application/octet-stream".into());
+    let retry = res.headers().get("retry-after").map_err(internal("a header"))?;
     let bytes = res.bytes().await.map_err(|e| EdgeError::new(502, "upstream_unavailable", format!("the aggregator's answer: {e}")))?;
-    let out = Response::from_bytes(bytes).map_err(internal("a response"))?.with_status(status);
+    // Statuses without a body cannot be built with one (the runtime throws).
+    let out = if matches!(status, 101 | 204 | 205 | 304) { Response::empty() } else { Response::from_bytes(bytes) };
+    let out = out.map_err(internal("a response"))?.with_status(status);
     set(out.headers(), "content-type", &kind)?;
     set(out.headers(), "cache-control", "no-store")?;
+    if let Some(r) = retry {
+        set(out.headers(), "retry-after", &r)?;
+    }
     Ok(out)
 }
 
 /// `POST /v1/rounds/:number/messages`: a device's secure-aggregation message, checked (size,
 /// version, a client's kind), rate-limited per device (its place in the round), forwarded.
-async fn intake_message(mut req: Request, ctx: RouteContext<()>) -> Answer {
+async fn intake_message(mut req: Request, ctx: Ctx) -> Answer {
     let round = crate::intake::parse_round(param(&ctx, "number")?)?;
-    let bytes = body(&mut req, crate::intake::MAX_MESSAGE).await?;
-    let key = crate::intake::check_message(round, &bytes)?;
-    let limiter = ctx.env.rate_limiter(INTAKE_LIMIT).map_err(internal("the rate limiter"))?;
-    if !limiter.limit(key.clone()).await.map_err(internal("the rate limiter"))?.success {
-        return Err(EdgeError::new(429, "rate_limited", format!("too many messages from client {key} (round:index)")));
-    }
+    let ip = client_ip(&req);
+    // Per address first, before the body is read: cycling the index in the message (which the
+    // edge cannot authenticate) does not get past it.
+    limit(&ctx.env, CLIENT_LIMIT, ip.clone(), "requests from this address").await?;
+    let max = crate::intake::max_message(|n| ctx.env.var(n).ok().map(|v| v.to_string()));
+    let bytes = body(&mut req, max).await?;
+    let key = crate::intake::check_message(round, &bytes, max)?;
+    // Then per device (its place in the round) from this address: a sender can only spend the
+    // budget of the keys it sends from.
+    limit(&ctx.env, INTAKE_LIMIT, format!("{ip}|{key}"), "messages from this device").await?;
     forward(&ctx.env, worker::Method::Post, &format!("/v1/rounds/{round}/messages"), Some(bytes), "application/octet-stream").await
 }
 
 /// `POST /v1/devices`: an enrollment (a public key and its proof), size-checked, forwarded.
-async fn intake_enrollment(mut req: Request, ctx: RouteContext<()>) -> Answer {
+async fn intake_enrollment(mut req: Request, ctx: Ctx) -> Answer {
+    limit(&ctx.env, CLIENT_LIMIT, client_ip(&req), "requests from this address").await?;
     let bytes = body(&mut req, crate::intake::MAX_ENROLLMENT).await?;
     forward(&ctx.env, worker::Method::Post, "/v1/devices", Some(bytes), "application/json").await
 }
 
 /// `GET /v1/rounds/…`: what a device reads of a round (its invitation, the plan, the server's
 /// requests, the round's status), forwarded with its query.
-async fn intake_read(req: Request, ctx: RouteContext<()>) -> Answer {
+async fn intake_read(req: Request, ctx: Ctx) -> Answer {
+    limit(&ctx.env, CLIENT_LIMIT, client_ip(&req), "requests from this address").await?;
     let url = req.url().map_err(internal("the URL"))?;
     let path = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
@@ -293,30 +354,37 @@ async fn intake_read(req: Request, ctx: RouteContext<()>) -> Answer {
 
 /// `/v1/sync/:group…`: checked here (the group id, an envelope's declared size), then handed to
 /// the group's `SyncRelay` object, which checks and stores what it is sent.
-async fn relay(req: Request, ctx: RouteContext<()>) -> Result<Response> {
-    let checked = (|| {
-        let group = param(&ctx, "group")?;
-        crate::relay::parse_group(group)?;
-        let limits = crate::relay::Limits::from_vars(|n| ctx.env.var(n).ok().map(|v| v.to_string()));
-        if let Some(n) = req.headers().get("content-length").map_err(internal("a header"))?.and_then(|v| v.parse::<usize>().ok())
-            && n > limits.max_envelope
-        {
-            return Err(EdgeError::new(413, "too_large", format!("an envelope of {n} bytes (at most {})", limits.max_envelope)));
+async fn relay(mut req: Request, ctx: Ctx) -> Result<Response> {
+    let checked = async {
+        let group = param(&ctx, "group")?.to_owned();
+        crate::relay::parse_group(&group)?;
+        limit(&ctx.env, CLIENT_LIMIT, client_ip(&req), "requests from this address").await?;
+        if req.method() != worker::Method::Post {
+            return Ok((group, None));
         }
-        Ok(group.to_owned())
-    })();
-    match checked {
-        Ok(group) => {
+        let limits = crate::relay::Limits::from_vars(|n| ctx.env.var(n).ok().map(|v| v.to_string()));
+        Ok((group, Some(body(&mut req, limits.max_envelope).await?)))
+    };
+    match checked.await {
+        Ok((group, envelope)) => {
             let stub = ctx.env.durable_object(RELAY)?.id_from_name(&group)?.get_stub()?;
-            stub.fetch_with_request(req).await
+            match envelope {
+                // The object gets the envelope as read here, within the limit.
+                Some(bytes) => {
+                    let mut init = worker::RequestInit::new();
+                    init.with_method(worker::Method::Post).with_body(Some(worker::js_sys::Uint8Array::from(bytes.as_slice()).into()));
+                    stub.fetch_with_request(Request::new_with_init(req.url()?.as_str(), &init)?).await
+                }
+                None => stub.fetch_with_request(req).await,
+            }
         }
         Err(e) => respond(Err(e)),
     }
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    Router::new()
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    Router::with_data(ctx)
         .get("/health", |_, _| Response::from_json(&super::health()))
         .get_async("/v1/models/latest", |_, ctx| async move { respond(latest(&ctx.env).await) })
         .get_async("/v1/models/:version/:file", |req, ctx| async move { respond(model_file(&req, &ctx).await) })

@@ -18,7 +18,7 @@ const root = new URL("../../../", import.meta.url).pathname;
 const ml100k = process.env.HEARTH_ML100K ?? path.join(root, "../shared/data/movielens-100k");
 const TOKEN = "intake-test-token";
 const DEVICES = 12;
-const RATE = 6; // messages a minute per device (round:index) at the edge
+const RATE = 6; // messages a minute per device (address, round and index) at the edge
 
 const freePort = () =>
   new Promise((resolve, reject) => {
@@ -105,6 +105,25 @@ test("well-formed messages reach the aggregator, whose typed answer comes back; 
   // Reads are forwarded too.
   const res = await fetch(`${edgeUrl}/v1/rounds/99/plan`);
   await refused(res, 404, "no_round");
+});
+
+test("one address cycling through devices' places is limited per address; a chunked body past the limit is refused while read", async () => {
+  const tight = startWorker({ bindings: { AGGREGATOR_URL: aggregatorUrl, INTAKE_MAX_MESSAGE: "1000" }, ratelimits: { CLIENT_LIMIT: { namespace_id: "2002", simple: { limit: 5, period: 60 } } } });
+  try {
+    const send = (body, headers = {}) => tight.dispatchFetch("http://localhost/v1/rounds/99/messages", { method: "POST", body, headers, duplex: "half" });
+    for (let index = 0; index < 4; index++) await refused(await send(advertise({ index })), 404, "no_round");
+    // No length header: the body arrives in chunks and is refused once past 1,000 bytes.
+    const chunks = new ReadableStream({
+      start(c) {
+        for (let i = 0; i < 4; i++) c.enqueue(new Uint8Array(600));
+        c.close();
+      },
+    });
+    await refused(await send(chunks), 413, "too_large");
+    await refused(await send(advertise({ index: 9 })), 429, "rate_limited");
+  } finally {
+    await tight.dispose();
+  }
 });
 
 test("a whole round through the edge: the devices enroll, train and send their four messages, the aggregator publishes v2", async () => {

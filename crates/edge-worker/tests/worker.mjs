@@ -10,8 +10,9 @@ export const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME
  * `listen`, it also listens on a free port of 127.0.0.1 (`(await mf.ready).href`) for other
  * processes (on `port`, or a free one); with `persist` (a directory), Durable Objects keep their
  * SQLite files there, with `persistAll` R2, KV, the cache and Durable Objects keep everything;
- * `ratelimits` replaces intake's per-device limit (wrangler.toml's). */
-export function startWorker({ bindings = {}, listen = false, port = 0, persist, persistAll, ratelimits = { INTAKE_LIMIT: { namespace_id: "1001", simple: { limit: 120, period: 60 } } } } = {}) {
+ * `ratelimits` replaces the rate-limit bindings it names (INTAKE_LIMIT per device, CLIENT_LIMIT
+ * per address; wrangler.toml's). */
+export function startWorker({ bindings = {}, listen = false, port = 0, persist, persistAll, ratelimits = {} } = {}) {
   return new Miniflare({
     modules: true,
     scriptPath: path.join(target, "edge/entry.mjs"),
@@ -29,7 +30,11 @@ export function startWorker({ bindings = {}, listen = false, port = 0, persist, 
       ? { r2Persist: `${persistAll}/r2`, kvPersist: `${persistAll}/kv`, cachePersist: `${persistAll}/cache`, durableObjectsPersist: `${persistAll}/do` }
       : {}),
     cache: true,
-    ratelimits,
+    ratelimits: {
+      INTAKE_LIMIT: { namespace_id: "1001", simple: { limit: 120, period: 60 } },
+      CLIENT_LIMIT: { namespace_id: "1002", simple: { limit: 100000, period: 60 } },
+      ...ratelimits,
+    },
     bindings,
     ...(listen ? { host: "127.0.0.1", port } : {}),
   });
