@@ -137,6 +137,18 @@ pub fn resolve_range(range: Option<ByteRange>, size: u64) -> RangeAnswer {
     }
 }
 
+/// `N` bytes from exactly `2N` lowercase hex digits (None otherwise).
+pub fn parse_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    if hex.len() != 2 * N || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The entity tag of a content-addressed file: its SHA-256 in hex, quoted.
 pub fn etag(sha256: &str) -> String {
     format!("\"{sha256}\"")

@@ -74,16 +74,7 @@ pub fn check_file_name(name: &str) -> Result<(), EdgeError> {
 
 /// Checks a lowercase hex SHA-256 and returns its bytes.
 pub fn parse_sha256(hex: &str) -> Result<[u8; 32], EdgeError> {
-    let bad = || EdgeError::malformed(format!("not a lowercase hex SHA-256: {hex:?}"));
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).map_err(|_| bad())?;
-        out[i] = u8::from_str_radix(s, 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    crate::http::parse_hex(hex).ok_or_else(|| EdgeError::malformed(format!("not a lowercase hex SHA-256: {hex:?}")))
 }
 
 impl VersionIndex {

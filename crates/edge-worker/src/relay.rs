@@ -51,15 +51,7 @@ impl Limits {
 /// A group id from its path segment: 32 lowercase hex digits (the id is a hash of the group's
 /// secret, so it says nothing about the person).
 pub fn parse_group(hex: &str) -> Result<[u8; 16], EdgeError> {
-    let bad = || EdgeError::malformed(format!("not a sync group id (32 lowercase hex digits): {hex:?}"));
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(bad());
-    }
-    let mut out = [0u8; 16];
-    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).map_err(|_| bad())?, 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    crate::http::parse_hex(hex).ok_or_else(|| EdgeError::malformed(format!("not a sync group id (32 lowercase hex digits): {hex:?}")))
 }
 
 /// Checks an envelope posted to `group`: not larger than the limit (413 `too_large`), a sync

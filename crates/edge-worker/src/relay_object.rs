@@ -9,6 +9,9 @@ use worker::{DurableObject, Env, Request, Response, Result, SqlStorageValue, Sta
 use crate::http::EdgeError;
 use crate::relay::{Limits, check_envelope, check_quota, check_rate, frame, parse_group};
 
+/// An envelope and its position.
+type Stored = (u64, Vec<u8>);
+
 /// Live WebSockets a group may hold (a person's devices, with room to spare).
 const MAX_SOCKETS: usize = 32;
 /// Most bytes of envelopes one fetch returns (the client asks again from `x-hearth-next`).
@@ -93,7 +96,7 @@ impl SyncRelay {
     }
 
     /// The envelopes from position `since` on, at most [`PAGE_BYTES`] (at least one).
-    fn fetch_since(&self, since: u64) -> std::result::Result<(Vec<(u64, Vec<u8>)>, u64), EdgeError> {
+    fn fetch_since(&self, since: u64) -> std::result::Result<(Vec<Stored>, u64), EdgeError> {
         let cursor = self.sql().exec("SELECT seq, body FROM envelopes WHERE seq >= ? ORDER BY seq", vec![(since.min(i64::MAX as u64) as i64).into()]).map_err(internal("SQLite"))?;
         let (mut out, mut total, mut next) = (vec![], 0usize, since);
         for row in cursor.raw() {
