@@ -12,6 +12,16 @@ use crate::relay::{Limits, check_envelope, check_quota, check_rate, frame, parse
 /// An envelope and its position.
 type Stored = (u64, Vec<u8>);
 
+/// Rate-limit binding: groups an address may start a minute.
+const NEW_GROUP_LIMIT: &str = "NEW_GROUP_LIMIT";
+
+/// The sender's address as the worker set it (`x-hearth-client`: the worker overwrites what a
+/// client sends there), else the runtime's.
+fn client_of(req: &Request) -> String {
+    let h = req.headers();
+    h.get("x-hearth-client").ok().flatten().or_else(|| h.get("cf-connecting-ip").ok().flatten()).unwrap_or_else(|| "unknown".into())
+}
+
 /// Live WebSockets a group may hold (a person's devices, with room to spare).
 const MAX_SOCKETS: usize = 32;
 /// Most bytes of envelopes one fetch returns (the client asks again from `x-hearth-next`).
@@ -33,6 +43,7 @@ fn refusal(e: &EdgeError) -> Result<Response> {
 #[durable_object]
 pub struct SyncRelay {
     state: State,
+    env: Env,
     limits: Limits,
 }
 
@@ -66,13 +77,21 @@ impl SyncRelay {
 
     /// Stores an envelope for `group` and pushes it to every live socket but `from`; returns its
     /// position.
-    async fn post(&self, group: [u8; 16], envelope: Vec<u8>, from: Option<&WebSocket>) -> std::result::Result<u64, EdgeError> {
+    async fn post(&self, group: [u8; 16], envelope: Vec<u8>, from: Option<&WebSocket>, client: &str) -> std::result::Result<u64, EdgeError> {
         check_envelope(&envelope, group, &self.limits)?;
         // Counted from storage, so an object evicted between posts does not start over.
         let recent = self.count("SELECT COUNT(*) FROM envelopes WHERE received_ms > ?", now_ms() - 60_000)?;
         check_rate(recent, &self.limits)?;
         let (count, bytes) = self.held()?;
         check_quota(count, bytes, envelope.len(), &self.limits)?;
+        if count == 0 {
+            // A group starts holding envelopes: group ids cost nothing to make up, so how many an
+            // address starts is limited (NEW_GROUP_LIMIT).
+            let limiter = self.env.rate_limiter(NEW_GROUP_LIMIT).map_err(internal("the rate limiter"))?;
+            if !limiter.limit(client.to_owned()).await.map_err(internal("the rate limiter"))?.success {
+                return Err(EdgeError::new(429, "too_many_groups", "this address started too many sync groups; try again in a minute"));
+            }
+        }
         let size = envelope.len() as i64;
         let cursor = self
             .sql()
@@ -132,14 +151,14 @@ impl SyncRelay {
                 return Err(EdgeError::new(429, "too_many_sockets", format!("{open} live connections to this group (at most {MAX_SOCKETS})")));
             }
             let pair = WebSocketPair::new().map_err(internal("a WebSocket"))?;
-            pair.server.serialize_attachment(group_hex).map_err(internal("a WebSocket"))?;
+            pair.server.serialize_attachment((group_hex, client_of(&req))).map_err(internal("a WebSocket"))?;
             self.state.accept_web_socket(&pair.server);
             return Response::from_websocket(pair.client).map_err(internal("a WebSocket"));
         }
         match req.method() {
             worker::Method::Post => {
                 let body = req.bytes().await.map_err(|e| EdgeError::malformed(format!("the body: {e}")))?;
-                let seq = self.post(group, body, None).await?;
+                let seq = self.post(group, body, None, &client_of(&req)).await?;
                 Ok(Response::from_json(&serde_json::json!({ "seq": seq })).map_err(internal("json"))?.with_status(201))
             }
             worker::Method::Get => {
@@ -166,7 +185,7 @@ impl DurableObject for SyncRelay {
             .storage()
             .sql()
             .exec("CREATE TABLE IF NOT EXISTS envelopes (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL, size INTEGER NOT NULL, received_ms INTEGER NOT NULL)", None);
-        SyncRelay { state, limits }
+        SyncRelay { state, env, limits }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
@@ -192,9 +211,9 @@ impl DurableObject for SyncRelay {
         let WebSocketIncomingMessage::Binary(envelope) = message else {
             return ws.send_with_str(serde_json::to_string(&EdgeError::malformed("send envelopes as binary messages").body())?);
         };
-        let group = ws.deserialize_attachment::<String>()?.ok_or_else(|| worker::Error::RustError("a socket without its group".into()))?;
+        let (group, client) = ws.deserialize_attachment::<(String, String)>()?.ok_or_else(|| worker::Error::RustError("a socket without its group".into()))?;
         let answer = match parse_group(&group) {
-            Ok(g) => self.post(g, envelope, Some(&ws)).await.map(|seq| serde_json::json!({ "seq": seq })),
+            Ok(g) => self.post(g, envelope, Some(&ws), &client).await.map(|seq| serde_json::json!({ "seq": seq })),
             Err(e) => Err(e),
         };
         match answer {

@@ -371,11 +371,26 @@ async fn relay(mut req: Request, ctx: Ctx) -> Result<Response> {
             match envelope {
                 // The object gets the envelope as read here, within the limit.
                 Some(bytes) => {
+                    let headers = Headers::new();
+                    headers.set("x-hearth-client", &client_ip(&req))?;
                     let mut init = worker::RequestInit::new();
-                    init.with_method(worker::Method::Post).with_body(Some(worker::js_sys::Uint8Array::from(bytes.as_slice()).into()));
+                    init.with_method(worker::Method::Post).with_headers(headers).with_body(Some(worker::js_sys::Uint8Array::from(bytes.as_slice()).into()));
                     stub.fetch_with_request(Request::new_with_init(req.url()?.as_str(), &init)?).await
                 }
-                None => stub.fetch_with_request(req).await,
+                // Reads and the live socket: the request as it came, with the sender's address
+                // set here (whatever the client put in that header).
+                None => {
+                    let headers = Headers::new();
+                    for (name, value) in req.headers().entries() {
+                        if name != "x-hearth-client" {
+                            headers.set(&name, &value)?;
+                        }
+                    }
+                    headers.set("x-hearth-client", &client_ip(&req))?;
+                    let mut init = worker::RequestInit::new();
+                    init.with_method(req.method()).with_headers(headers);
+                    stub.fetch_with_request(Request::new_with_init(req.url()?.as_str(), &init)?).await
+                }
             }
         }
         Err(e) => respond(Err(e)),

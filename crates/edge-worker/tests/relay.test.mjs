@@ -84,6 +84,21 @@ test("malformed, oversized, wrong-group, bad ids, over quota and too fast are ty
   await refused(await mf.dispatchFetch(url(`/v1/sync/${GROUP}/live`)), 426, "upgrade_required");
 });
 
+test("one address may start only so many groups a minute; posting to a group it started is not limited by that", async () => {
+  const tight = startWorker({ bindings: LIMITS, ratelimits: { NEW_GROUP_LIMIT: { namespace_id: "3003", simple: { limit: 2, period: 60 } } } });
+  try {
+    const send = (group, headers = {}) => tight.dispatchFetch(url(`/v1/sync/${group}`), { method: "POST", body: fake(group, 10), headers });
+    const [a, b, c] = [groupId(), groupId(), groupId()];
+    assert.equal((await send(a)).status, 201);
+    assert.equal((await send(b)).status, 201);
+    assert.equal((await send(a)).status, 201, "a group it started takes more");
+    // A made-up address header changes nothing: the worker sets it.
+    await refused(await send(c, { "x-hearth-client": "203.0.113.9" }), 429, "too_many_groups");
+  } finally {
+    await tight.dispose();
+  }
+});
+
 test("live: a WebSocket gets what others post, over HTTP or over another socket", async () => {
   const group = groupId();
   const open = async () => {

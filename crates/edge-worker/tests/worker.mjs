@@ -11,7 +11,7 @@ export const target = process.env.CARGO_TARGET_DIR ?? path.join(process.env.HOME
  * processes (on `port`, or a free one); with `persist` (a directory), Durable Objects keep their
  * SQLite files there, with `persistAll` R2, KV, the cache and Durable Objects keep everything;
  * `ratelimits` replaces the rate-limit bindings it names (INTAKE_LIMIT per device, CLIENT_LIMIT
- * per address; wrangler.toml's). */
+ * per address, NEW_GROUP_LIMIT groups an address starts; wrangler.toml's). */
 export function startWorker({ bindings = {}, listen = false, port = 0, persist, persistAll, ratelimits = {} } = {}) {
   return new Miniflare({
     modules: true,
@@ -33,6 +33,7 @@ export function startWorker({ bindings = {}, listen = false, port = 0, persist, 
     ratelimits: {
       INTAKE_LIMIT: { namespace_id: "1001", simple: { limit: 120, period: 60 } },
       CLIENT_LIMIT: { namespace_id: "1002", simple: { limit: 100000, period: 60 } },
+      NEW_GROUP_LIMIT: { namespace_id: "1003", simple: { limit: 100000, period: 60 } },
       ...ratelimits,
     },
     bindings,
