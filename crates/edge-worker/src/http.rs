@@ -39,6 +39,11 @@ impl EdgeError {
     }
 }
 
+/// A mapper for `map_err`: 500 `internal` naming what failed (a binding, the cache, …) and why.
+pub fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> EdgeError {
+    move |e| EdgeError::internal(format!("{what}: {e}"))
+}
+
 impl std::fmt::Display for EdgeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}: {}", self.status, self.code, self.message)

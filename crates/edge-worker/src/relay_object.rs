@@ -6,7 +6,7 @@
 
 use worker::{DurableObject, Env, Request, Response, Result, SqlStorageValue, State, WebSocket, WebSocketIncomingMessage, WebSocketPair, durable_object};
 
-use crate::http::EdgeError;
+use crate::http::{EdgeError, internal};
 use crate::relay::{Limits, check_envelope, check_quota, check_rate, frame, parse_group};
 
 /// An envelope and its position.
@@ -31,12 +31,13 @@ fn now_ms() -> i64 {
     worker::Date::now().as_millis() as i64
 }
 
-fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> EdgeError {
-    move |e| EdgeError::internal(format!("{what}: {e}"))
-}
-
-fn refusal(e: &EdgeError) -> Result<Response> {
-    Ok(Response::from_json(&e.body())?.with_status(e.status))
+/// A stored integer as SQLite hands it over (an integer, or a float for large sums).
+fn as_u64(v: Option<&SqlStorageValue>) -> Option<u64> {
+    match v {
+        Some(SqlStorageValue::Integer(v)) => Some(*v as u64),
+        Some(SqlStorageValue::Float(v)) => Some(*v as u64),
+        _ => None,
+    }
 }
 
 /// One sync group's relay.
@@ -52,27 +53,21 @@ impl SyncRelay {
         self.state.storage().sql()
     }
 
+    /// The first row `query` answers (none: an empty row).
+    fn first_row(&self, query: &str, bindings: Option<Vec<SqlStorageValue>>) -> std::result::Result<Vec<SqlStorageValue>, EdgeError> {
+        let cursor = self.sql().exec(query, bindings).map_err(internal("SQLite"))?;
+        Ok(cursor.raw().next().transpose().map_err(internal("SQLite"))?.unwrap_or_default())
+    }
+
     /// The one integer `query` (with one bound value) answers.
     fn count(&self, query: &str, bound: i64) -> std::result::Result<u64, EdgeError> {
-        let cursor = self.sql().exec(query, vec![bound.into()]).map_err(internal("SQLite"))?;
-        let row = cursor.raw().next().transpose().map_err(internal("SQLite"))?.unwrap_or_default();
-        Ok(match row.first() {
-            Some(SqlStorageValue::Integer(v)) => *v as u64,
-            Some(SqlStorageValue::Float(v)) => *v as u64,
-            _ => 0,
-        })
+        Ok(as_u64(self.first_row(query, Some(vec![bound.into()]))?.first()).unwrap_or(0))
     }
 
     /// Envelopes and bytes held.
     fn held(&self) -> std::result::Result<(u64, u64), EdgeError> {
-        let cursor = self.sql().exec("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM envelopes", None).map_err(internal("SQLite"))?;
-        let row = cursor.raw().next().transpose().map_err(internal("SQLite"))?.unwrap_or_default();
-        let n = |i: usize| match row.get(i) {
-            Some(SqlStorageValue::Integer(v)) => *v as u64,
-            Some(SqlStorageValue::Float(v)) => *v as u64,
-            _ => 0,
-        };
-        Ok((n(0), n(1)))
+        let row = self.first_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM envelopes", None)?;
+        Ok((as_u64(row.first()).unwrap_or(0), as_u64(row.get(1)).unwrap_or(0)))
     }
 
     /// Stores an envelope for `group` and pushes it to every live socket but `from`; returns its
@@ -93,15 +88,8 @@ impl SyncRelay {
             }
         }
         let size = envelope.len() as i64;
-        let cursor = self
-            .sql()
-            .exec("INSERT INTO envelopes (body, size, received_ms) VALUES (?, ?, ?) RETURNING seq", vec![envelope.clone().into(), size.into(), now_ms().into()])
-            .map_err(internal("SQLite"))?;
-        let seq = match cursor.raw().next().transpose().map_err(internal("SQLite"))?.and_then(|r| r.into_iter().next()) {
-            Some(SqlStorageValue::Integer(v)) => v as u64,
-            Some(SqlStorageValue::Float(v)) => v as u64,
-            _ => return Err(EdgeError::internal("no position for the stored envelope")),
-        };
+        let row = self.first_row("INSERT INTO envelopes (body, size, received_ms) VALUES (?, ?, ?) RETURNING seq", Some(vec![envelope.clone().into(), size.into(), now_ms().into()]))?;
+        let seq = as_u64(row.first()).ok_or_else(|| EdgeError::internal("no position for the stored envelope"))?;
         if self.state.storage().get_alarm().await.map_err(internal("the alarm"))?.is_none() {
             self.state.storage().set_alarm(self.limits.ttl_ms).await.map_err(internal("the alarm"))?;
         }
@@ -189,10 +177,7 @@ impl DurableObject for SyncRelay {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        match self.route(req).await {
-            Ok(r) => Ok(r),
-            Err(e) => refusal(&e),
-        }
+        crate::worker_glue::respond(self.route(req).await)
     }
 
     async fn alarm(&self) -> Result<Response> {

@@ -4,7 +4,7 @@
 
 use worker::{Cache, Context, Env, Headers, Range, Request, Response, Result, RouteContext, Router, event};
 
-use crate::http::{EdgeError, RangeAnswer, bearer_matches, etag, if_range_holds, none_match, parse_range, resolve_range};
+use crate::http::{EdgeError, RangeAnswer, internal, bearer_matches, etag, if_range_holds, none_match, parse_range, resolve_range};
 use crate::models::{
     IMMUTABLE, LATEST_CACHE, MAX_FILE_BYTES, MAX_INDEX_BYTES, MoveLatest, VersionIndex, check_file_name, content_type, file_key, index_key,
     parse_sha256, parse_version,
@@ -27,17 +27,13 @@ const RELAY: &str = "SYNC_RELAY";
 /// Cache API keys live under this origin (never fetched: the Cache API only needs a URL).
 const CACHE_ORIGIN: &str = "https://hearth-edge.cache";
 
-type Answer = std::result::Result<Response, EdgeError>;
+pub(crate) type Answer = std::result::Result<Response, EdgeError>;
 /// A route's context: its parameters, the bindings and the request's `Context` (for
 /// `wait_until`).
 type Ctx = RouteContext<Context>;
 
-fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> EdgeError {
-    move |e| EdgeError::internal(format!("{what}: {e}"))
-}
-
 /// An answer as a response: refusals as the aggregator's JSON errors.
-fn respond(answer: Answer) -> Result<Response> {
+pub(crate) fn respond(answer: Answer) -> Result<Response> {
     match answer {
         Ok(r) => Ok(r),
         Err(e) => Ok(Response::from_json(&e.body())?.with_status(e.status)),
@@ -247,16 +243,9 @@ async fn put_version(mut req: Request, ctx: Ctx) -> Answer {
             return Err(EdgeError::new(409, "missing_file", format!("{name} ({sha}) is not stored: PUT /v1/admin/files/{sha} first")));
         }
     }
-    if let Some(existing) = read_index(&ctx.env, version).await? {
-        return if existing == index {
-            json_response(&serde_json::json!({ "version": version, "stored": false }), 200)
-        } else {
-            Err(EdgeError::new(409, "version_exists", format!("version {version} is published with other files; versions never change")))
-        };
-    }
     let canonical = serde_json::to_vec(&index).map_err(internal("json"))?;
-    // Written only if no index is there yet: of two racing publications, one wins and the other
-    // is compared with it below.
+    // Written only if no index is there yet (of two racing publications, one wins); otherwise the
+    // stored one is compared: the same files are a harmless repeat, others a refusal.
     let only_new = worker::Conditional { etag_does_not_match: Some("*".into()), ..Default::default() };
     if bucket.put(index_key(version), canonical).only_if(only_new).execute().await.map_err(internal("R2"))?.is_none() {
         let existing = read_index(&ctx.env, version).await?;
@@ -365,36 +354,27 @@ async fn relay(mut req: Request, ctx: Ctx) -> Result<Response> {
         let limits = crate::relay::Limits::from_vars(|n| ctx.env.var(n).ok().map(|v| v.to_string()));
         Ok((group, Some(body(&mut req, limits.max_envelope).await?)))
     };
-    match checked.await {
-        Ok((group, envelope)) => {
-            let stub = ctx.env.durable_object(RELAY)?.id_from_name(&group)?.get_stub()?;
-            match envelope {
-                // The object gets the envelope as read here, within the limit.
-                Some(bytes) => {
-                    let headers = Headers::new();
-                    headers.set("x-hearth-client", &client_ip(&req))?;
-                    let mut init = worker::RequestInit::new();
-                    init.with_method(worker::Method::Post).with_headers(headers).with_body(Some(worker::js_sys::Uint8Array::from(bytes.as_slice()).into()));
-                    stub.fetch_with_request(Request::new_with_init(req.url()?.as_str(), &init)?).await
-                }
-                // Reads and the live socket: the request as it came, with the sender's address
-                // set here (whatever the client put in that header).
-                None => {
-                    let headers = Headers::new();
-                    for (name, value) in req.headers().entries() {
-                        if name != "x-hearth-client" {
-                            headers.set(&name, &value)?;
-                        }
-                    }
-                    headers.set("x-hearth-client", &client_ip(&req))?;
-                    let mut init = worker::RequestInit::new();
-                    init.with_method(req.method()).with_headers(headers);
-                    stub.fetch_with_request(Request::new_with_init(req.url()?.as_str(), &init)?).await
-                }
-            }
+    let (group, envelope) = match checked.await {
+        Ok(x) => x,
+        Err(e) => return respond(Err(e)),
+    };
+    // The request as it came (the upgrade of the live socket included), with the sender's address
+    // set here whatever the client put in that header, and a posted envelope as read here, within
+    // the limit.
+    let headers = Headers::new();
+    for (name, value) in req.headers().entries() {
+        if name != "x-hearth-client" {
+            headers.set(&name, &value)?;
         }
-        Err(e) => respond(Err(e)),
     }
+    headers.set("x-hearth-client", &client_ip(&req))?;
+    let mut init = worker::RequestInit::new();
+    init.with_method(req.method()).with_headers(headers);
+    if let Some(bytes) = envelope {
+        init.with_body(Some(worker::js_sys::Uint8Array::from(bytes.as_slice()).into()));
+    }
+    let stub = ctx.env.durable_object(RELAY)?.id_from_name(&group)?.get_stub()?;
+    stub.fetch_with_request(Request::new_with_init(req.url()?.as_str(), &init)?).await
 }
 
 #[event(fetch)]
