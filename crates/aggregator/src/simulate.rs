@@ -89,7 +89,8 @@ pub struct SimulateConfig {
     pub seed: u64,
     /// Rounds to see end before stopping.
     pub rounds: u32,
-    /// Devices training at once (local training is CPU-bound).
+    /// Devices computing their update at once (CPU-bound). Local training itself runs one device
+    /// at a time in a process (`device_update`); clipping, rotation and noise run in parallel.
     pub parallel_training: usize,
     /// Updates computed by an earlier run, reused when a device trains the same model version
     /// in the same round (and filled otherwise): the load benchmark replays a warm-up round's
